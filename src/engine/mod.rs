@@ -1,0 +1,596 @@
+//! The inference engine: the only module that talks to ONNX Runtime (through `ort`).
+//!
+//! [`Engine`] owns the process's one ONNX Runtime environment; [`Engine::load`]
+//! turns a verified local model file into a [`LoadedModel`], whose
+//! [`LoadedModel::run`] checks a request's tensors against the model's
+//! [`Signature`] and runs them. Everything outside this module sees only the
+//! plain types of [`tensor`].
+//!
+//! Memory, which is what a byte-bounded cache of many models cares about:
+//! - `.ort` files are used zero-copy: ONNX Runtime reads the model, weights
+//!   included, straight from a read-only mapping of the file that lives as long
+//!   as the session.
+//! - `.onnx` files are parsed from a mapping that is dropped once the session
+//!   exists (ONNX Runtime keeps its own copy of the weights).
+//! - The CPU memory arena is off for every session, so a freed session gives its
+//!   memory back instead of keeping it pooled inside ONNX Runtime.
+//! - All sessions share one intra-op thread pool, created with the environment.
+
+mod convert;
+mod footprint;
+pub mod tensor;
+
+#[cfg(test)]
+mod tests;
+
+use std::borrow::Cow;
+use std::fmt;
+use std::fs::{self, File};
+use std::panic::{self, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use memmap2::Mmap;
+use ort::environment::{Environment, GlobalThreadPoolOptions};
+use ort::ep;
+use ort::logging::LogLevel;
+use ort::session::{OutputSelector, RunOptions, Session};
+
+pub use footprint::anon_rss_bytes;
+pub use tensor::*;
+
+/// The file name ONNX Runtime's shared library goes by on Linux.
+const LIBRARY_NAME: &str = "libonnxruntime.so";
+
+/// What to tell a user whose ONNX Runtime library cannot be found or loaded.
+const LIBRARY_HINT: &str = "run scripts/setup-ort.sh or set ORT_DYLIB_PATH";
+
+/// Where the engine finds ONNX Runtime and how many threads it gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// `libonnxruntime.so` to load, usually from [`find_library`]. A bare file
+    /// name is left to the system loader (`LD_LIBRARY_PATH`, `/opt/lib` on Lambda).
+    pub dylib_path: PathBuf,
+    /// Threads in the one intra-op pool every session shares; `0` lets ONNX
+    /// Runtime choose (one per core it sees).
+    pub intra_threads: usize,
+}
+
+/// Why the engine could not load ONNX Runtime, load a model, or run it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    /// ONNX Runtime's library could not be loaded (path, reason).
+    #[error("cannot load ONNX Runtime from {}: {reason}", path.display())]
+    Library { path: PathBuf, reason: String },
+    /// The model could not be turned into a session (ORT's message).
+    #[error("cannot load model: {0}")]
+    Load(String),
+    /// The request's inputs do not fit the model: the message names the input,
+    /// what was expected and what came.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// ONNX Runtime failed while running.
+    #[error("inference failed: {0}")]
+    Inference(String),
+}
+
+/// Finds ONNX Runtime's shared library, in this order:
+///
+/// 1. `explicit` (the `ORT_DYLIB_PATH` setting), as given. A bare file name is
+///    passed to the system loader; a path with a directory must exist.
+/// 2. `libonnxruntime.so`, else the newest `libonnxruntime.so.<version>`, next
+///    to the current executable, then in its parent directory (cargo puts test
+///    binaries in `target/debug/deps`, one below where a library copied next to
+///    the main binary would be).
+/// 3. `<crate>/.cache/onnxruntime/1.32.0/libonnxruntime.so`, where
+///    `scripts/setup-ort.sh` puts it (the crate directory as it was at build time).
+/// 4. The bare name `libonnxruntime.so`, for the system loader. Whether that
+///    works is only known when [`Engine::init`] loads it; its error then says how
+///    to get the library.
+///
+/// ```
+/// let path = model_router::engine::find_library(None).unwrap();
+/// assert!(path.to_string_lossy().contains("libonnxruntime.so"));
+/// ```
+pub fn find_library(explicit: Option<&Path>) -> Result<PathBuf, EngineError> {
+    if let Some(path) = explicit {
+        let is_bare_name = path.components().count() == 1;
+        if !is_bare_name && !path.is_file() {
+            return Err(EngineError::Library {
+                path: path.to_path_buf(),
+                reason: format!("no such file; {LIBRARY_HINT}"),
+            });
+        }
+        return Ok(path.to_path_buf());
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        let exe_dir = exe.parent();
+        let parent_dir = exe_dir.and_then(Path::parent);
+        if let Some(found) = exe_dir.into_iter().chain(parent_dir).find_map(library_in) {
+            return Ok(found);
+        }
+    }
+    let cached = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/onnxruntime/1.32.0").join(LIBRARY_NAME);
+    if cached.is_file() {
+        return Ok(cached);
+    }
+    Ok(PathBuf::from(LIBRARY_NAME))
+}
+
+/// `libonnxruntime.so` in `dir`, else its highest-versioned `libonnxruntime.so.X.Y.Z`.
+fn library_in(dir: &Path) -> Option<PathBuf> {
+    let plain = dir.join(LIBRARY_NAME);
+    if plain.is_file() {
+        return Some(plain);
+    }
+    let versioned_prefix = format!("{LIBRARY_NAME}.");
+    fs::read_dir(dir)
+        .ok()?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter_map(|path| {
+            let name = path.file_name()?.to_str()?;
+            // Compared as numbers so that 1.32.0 outranks 1.9.0.
+            let version: Vec<u64> =
+                name.strip_prefix(&versioned_prefix)?.split('.').map(|part| part.parse().ok()).collect::<Option<_>>()?;
+            path.is_file().then_some((version, path))
+        })
+        .max()
+        .map(|(_, path)| path)
+}
+
+/// The engine of this process, once made. A `Mutex` rather than a `OnceLock`
+/// because making it can fail, and two first calls must not both try.
+static ENGINE: Mutex<Option<Engine>> = Mutex::new(None);
+
+/// Session creation is serialised so that the anonymous-memory growth measured
+/// around one load belongs to that load (see [`LoadedModel::footprint_bytes`]).
+static LOAD_LOCK: Mutex<()> = Mutex::new(());
+
+/// The ONNX Runtime environment: one per process (ort allows one), with one
+/// global intra-op thread pool of `intra_threads` threads, shared by every
+/// session (sessions use DisablePerSessionThreads, which ort does automatically
+/// when the env has a global pool), and the CPU memory arena off for every
+/// session (ep::CPU with_arena_allocator(false)) so freed sessions return memory.
+///
+/// A cheap handle: clones share the one environment.
+#[derive(Clone)]
+pub struct Engine {
+    env: Environment,
+    /// The configuration the environment was made with (the first caller's).
+    config: Arc<EngineConfig>,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// The first call in a process loads ONNX Runtime from `config.dylib_path`
+    /// and creates the environment; later calls return that same engine, even
+    /// if they pass a different configuration (ONNX Runtime can be loaded, and
+    /// its environment created, only once per process; tests in one process
+    /// share it). [`Engine::config`] tells which configuration is in force.
+    ///
+    /// A failed first call leaves nothing behind: a later call may try again.
+    ///
+    /// ```
+    /// use model_router::engine::{find_library, Engine, EngineConfig};
+    ///
+    /// let config = EngineConfig { dylib_path: find_library(None).unwrap(), intra_threads: 1 };
+    /// let engine = Engine::init(&config).unwrap();
+    /// let again = Engine::init(&EngineConfig { intra_threads: 4, ..config }).unwrap();
+    /// assert_eq!(again.config(), engine.config());
+    /// ```
+    pub fn init(config: &EngineConfig) -> Result<Engine, EngineError> {
+        let mut slot = ENGINE.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(engine) = slot.as_ref() {
+            return Ok(engine.clone());
+        }
+        let engine = Engine::create(config)?;
+        *slot = Some(engine.clone());
+        Ok(engine)
+    }
+
+    /// The configuration the environment was created with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    fn create(config: &EngineConfig) -> Result<Engine, EngineError> {
+        let library_error = |reason: String| EngineError::Library { path: config.dylib_path.clone(), reason };
+        let builder =
+            ort::init_from(&config.dylib_path).map_err(|e| library_error(format!("{e}; {LIBRARY_HINT}")))?;
+        // Inter-op threads only serve parallel execution mode, which no session
+        // uses; one means "no extra pool". Spinning is off because requests come
+        // in bursts on one or two vCPUs: a spinning idle pool burns the CPU the
+        // next request (or another tenant's model) needs.
+        let pool = GlobalThreadPoolOptions::default()
+            .with_intra_threads(config.intra_threads)
+            .and_then(|pool| pool.with_inter_threads(1))
+            .and_then(|pool| pool.with_spin_control(false))
+            .map_err(|e| library_error(format!("ONNX Runtime rejected the thread pool options: {e}")))?;
+        let env = builder
+            .with_name("model-router")
+            .with_telemetry(false)
+            .with_global_thread_pool(pool)
+            .with_logger(Arc::new(forward_ort_log))
+            .build()
+            .map_err(|e| library_error(format!("ONNX Runtime loaded, but creating its environment failed: {e}")))?;
+        // A custom logger makes ort ask for verbose logs; ONNX Runtime formats
+        // every message at or above this level, so keep it to warnings.
+        env.set_log_level(LogLevel::Warning);
+        Ok(Engine { env, config: Arc::new(config.clone()) })
+    }
+
+    /// Maps the verified local file at `path` read-only (memmap2) and creates a
+    /// session, as `format` says (the caller decides it, usually with
+    /// [`ModelFormat::from_file_name`]).
+    ///
+    /// - [`ModelFormat::Ort`]: zero-copy. The session reads the model and its
+    ///   weights from the mapping, which the returned model keeps for as long as
+    ///   the session. Prepacking is off: it would copy every MatMul weight.
+    ///   The file must be in ORT format (its flatbuffer identifier is checked).
+    /// - [`ModelFormat::Onnx`]: ONNX Runtime parses the mapping and copies what
+    ///   it keeps; the mapping is dropped before this returns.
+    ///
+    /// Loads are serialised process-wide (see [`LoadedModel::footprint_bytes`]).
+    /// The file must be a private copy that nothing rewrites, truncates or
+    /// removes while the model is loaded: the staging directory's verified copy,
+    /// never a file on EFS/NFS (DESIGN.md section 7).
+    pub fn load(&self, path: &Path, format: ModelFormat) -> Result<LoadedModel, EngineError> {
+        let file = File::open(path).map_err(|e| EngineError::Load(format!("cannot open {}: {e}", path.display())))?;
+        // SAFETY: a mapping is only sound while no one changes the file under it
+        // (a truncation turns reads into SIGBUS). The caller guarantees this file
+        // is a private, verified copy in the staging directory that nothing
+        // rewrites or truncates while mapped; it is mapped read-only, and the
+        // mapping (the `.ort` case, where the session reads from it directly) is
+        // kept in `LoadedModel` after the session, so it outlives every read.
+        let mapping = unsafe { Mmap::map(&file) }
+            .map_err(|e| EngineError::Load(format!("cannot map {}: {e}", path.display())))?;
+        drop(file);
+        let file_bytes = mapping.len() as u64;
+        if format == ModelFormat::Ort && !is_ort_format(&mapping) {
+            return Err(EngineError::Load(format!(
+                "{} is not an ORT-format model (no ORTM identifier); convert it with \
+                 `python -m onnxruntime.tools.convert_onnx_models_to_ort` or publish it as .onnx",
+                path.display()
+            )));
+        }
+
+        let (session, anon_before, anon_after) = {
+            let _serialised = LOAD_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+            let anon_before = anon_rss_bytes();
+            let session = self.create_session(&mapping, format)?;
+            (session, anon_before, anon_rss_bytes())
+        };
+        let footprint = footprint::footprint_bytes(format, file_bytes, anon_before, anon_after);
+        let signature = convert::signature(&session);
+        let mapping = match format {
+            ModelFormat::Ort => Some(mapping),
+            // ONNX Runtime copied what it needs: give the address space back now.
+            ModelFormat::Onnx => None,
+        };
+        Ok(LoadedModel { session: Mutex::new(session), signature, format, footprint, _mapping: mapping })
+    }
+
+    fn create_session(&self, model_bytes: &[u8], format: ModelFormat) -> Result<Session, EngineError> {
+        let commit = || -> ort::Result<Session> {
+            let cpu = ep::CPU::default().with_arena_allocator(false).build().error_on_failure();
+            let mut builder = Session::builder(&self.env)?.with_execution_providers([cpu])?;
+            if format == ModelFormat::Ort {
+                builder = builder
+                    .with_config_entry("session.use_ort_model_bytes_directly", "1")?
+                    .with_config_entry("session.use_ort_model_bytes_for_initializers", "1")?
+                    .with_config_entry("session.disable_prepacking", "1")?;
+            }
+            builder.commit_from_memory(model_bytes)
+        };
+        // ort panics (`unreachable!`) on value types it does not model, such as
+        // opaque types or sequences of sequences, while reading a new session's
+        // inputs and outputs. That is a bad model, not a bad process: report it.
+        match panic::catch_unwind(AssertUnwindSafe(commit)) {
+            Ok(Ok(session)) => Ok(session),
+            Ok(Err(e)) => Err(EngineError::Load(e.to_string())),
+            Err(panic) => Err(EngineError::Load(format!(
+                "the model declares an input or output type this server cannot read ({})",
+                panic_message(panic.as_ref())
+            ))),
+        }
+    }
+}
+
+/// ORT-format files are flatbuffers whose file identifier (bytes 4..8) is `ORTM`.
+fn is_ort_format(bytes: &[u8]) -> bool {
+    bytes.get(4..8) == Some(b"ORTM".as_slice())
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(message) = panic.downcast_ref::<&str>() {
+        message
+    } else if let Some(message) = panic.downcast_ref::<String>() {
+        message
+    } else {
+        "no message"
+    }
+}
+
+/// ONNX Runtime's own log lines, as `tracing` events with target `onnxruntime`,
+/// so they come out in the process's log format (JSON on Lambda).
+fn forward_ort_log(level: LogLevel, category: &str, _logger_id: &str, code_location: &str, message: &str) {
+    match level {
+        LogLevel::Fatal | LogLevel::Error => {
+            tracing::error!(target: "onnxruntime", category, code_location, "{message}")
+        }
+        LogLevel::Warning => tracing::warn!(target: "onnxruntime", category, code_location, "{message}"),
+        LogLevel::Info => tracing::debug!(target: "onnxruntime", category, code_location, "{message}"),
+        LogLevel::Verbose => tracing::trace!(target: "onnxruntime", category, code_location, "{message}"),
+    }
+}
+
+/// How a model file is stored, which decides how it is loaded (see [`Engine::load`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ModelFormat {
+    /// ONNX Runtime's flatbuffer format (`.ort`): loaded zero-copy from the mapping.
+    Ort,
+    /// ONNX protobuf (`.onnx`): ONNX Runtime copies what it keeps.
+    Onnx,
+}
+
+impl ModelFormat {
+    /// The format a file name's extension says (`.ort`, `.onnx`, any case).
+    ///
+    /// ```
+    /// use model_router::engine::ModelFormat;
+    ///
+    /// assert_eq!(ModelFormat::from_file_name("model.ort"), Some(ModelFormat::Ort));
+    /// assert_eq!(ModelFormat::from_file_name("model.onnx"), Some(ModelFormat::Onnx));
+    /// assert_eq!(ModelFormat::from_file_name("model.pt"), None);
+    /// ```
+    pub fn from_file_name(name: &str) -> Option<ModelFormat> {
+        let extension = Path::new(name).extension()?.to_str()?;
+        if extension.eq_ignore_ascii_case("ort") {
+            Some(ModelFormat::Ort)
+        } else if extension.eq_ignore_ascii_case("onnx") {
+            Some(ModelFormat::Onnx)
+        } else {
+            None
+        }
+    }
+}
+
+impl fmt::Display for ModelFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ModelFormat::Ort => "ort",
+            ModelFormat::Onnx => "onnx",
+        })
+    }
+}
+
+/// A model ready to run: its ONNX Runtime session, its signature, and (for
+/// `.ort`) the mapping the session reads from.
+///
+/// `Send + Sync`; runs on one model are serialised (see [`LoadedModel::run`]).
+pub struct LoadedModel {
+    // Field order is drop order: the session must go before the mapping it may
+    // read from. Every ort value made from the session is dropped inside `run`,
+    // so nothing else can keep the session alive past this struct.
+    /// Locked for each run: `Session::run` takes `&mut self`, because ONNX
+    /// Runtime's `Run` is not safe to call concurrently on one session.
+    session: Mutex<Session>,
+    signature: Signature,
+    format: ModelFormat,
+    footprint: u64,
+    /// The `.ort` file's bytes, which the session uses in place; `None` for `.onnx`.
+    _mapping: Option<Mmap>,
+}
+
+impl fmt::Debug for LoadedModel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedModel")
+            .field("format", &self.format)
+            .field("footprint", &self.footprint)
+            .field("signature", &self.signature)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadedModel {
+    /// The model's inputs and outputs, read from the session at load.
+    pub fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    /// Bytes this model costs while loaded, measured once, at load:
+    ///
+    /// - Loads are serialised by a process-wide lock, and the process's
+    ///   anonymous resident memory (`RssAnon` in `/proc/self/status`) is read
+    ///   just before and just after the session is created. Its growth is what
+    ///   ONNX Runtime allocated for the session: weights it copied, kernels,
+    ///   graph structures.
+    /// - `.ort`: the mapped file's size (the session reads it in place; its
+    ///   pages become resident as they are used) plus that growth.
+    /// - `.onnx`: that growth, but at least the file's size: ONNX Runtime holds
+    ///   a copy of the initializers, and a smaller growth only means the
+    ///   allocator reused memory that an earlier, freed model had returned to it.
+    /// - Where `/proc` cannot be read, the file's size alone (an estimate).
+    ///
+    /// Approximate by nature: anything another thread allocates or frees during
+    /// the load (a request running on another model) lands in the growth.
+    pub fn footprint_bytes(&self) -> u64 {
+        self.footprint
+    }
+
+    /// How the model was loaded.
+    pub fn format(&self) -> ModelFormat {
+        self.format
+    }
+
+    /// Checks `inputs` against the signature before running: every input name
+    /// known (else InvalidInput naming the unknown name and listing the model's
+    /// inputs), every model input present (naming the missing one and its
+    /// expected type and shape), element type equal (expected vs got), rank
+    /// equal, fixed dims equal (which dimension, expected vs got). Then runs.
+    ///
+    /// `outputs`: `None` = all outputs in model order, `Some(names)` = only
+    /// those, in that order (an unknown or repeated name is InvalidInput).
+    /// Returns `(name, value)` in that order.
+    ///
+    /// Tensors of all 13 [`ElementType`]s go in and come out; sequences (of
+    /// tensors or maps) and maps with `int64` or `string` keys and `float`,
+    /// `double` or `int64` values come out as [`OutputValue::Sequence`] and
+    /// [`OutputValue::Map`] (each map value a one-element tensor of shape `[]`).
+    /// An output that cannot be converted is an [`EngineError::Inference`]
+    /// naming the output and its type.
+    ///
+    /// Runs on one model are serialised by its session lock; different models
+    /// run in parallel (on the one shared thread pool).
+    pub fn run(
+        &self,
+        inputs: Vec<(String, Tensor)>,
+        outputs: Option<&[String]>,
+    ) -> Result<Vec<(String, OutputValue)>, EngineError> {
+        self.check_inputs(&inputs)?;
+        let output_names = self.select_outputs(outputs)?;
+
+        let mut ort_inputs = Vec::with_capacity(inputs.len());
+        for (name, tensor) in inputs {
+            let value = convert::input_value(&name, tensor)?;
+            ort_inputs.push((Cow::Owned(name), value));
+        }
+        let selector = output_names.iter().fold(OutputSelector::no_default(), |selector, name| selector.with(*name));
+        let options = RunOptions::new()
+            .map_err(|e| EngineError::Inference(format!("cannot create run options: {e}")))?
+            .with_outputs(selector);
+
+        let mut session = self.session.lock().unwrap_or_else(PoisonError::into_inner);
+        let results = session.run_with_options(ort_inputs, &options).map_err(run_error)?;
+        // Converted while the session is locked: ort's outputs borrow it.
+        results
+            .into_iter()
+            .map(|(name, value)| Ok((name.to_owned(), convert::output_value(name, &value)?)))
+            .collect()
+    }
+
+    fn check_inputs(&self, inputs: &[(String, Tensor)]) -> Result<(), EngineError> {
+        let expected = &self.signature.inputs;
+        for (i, (name, tensor)) in inputs.iter().enumerate() {
+            if inputs[..i].iter().any(|(earlier, _)| earlier == name) {
+                return Err(EngineError::InvalidInput(format!("input '{name}' is given more than once")));
+            }
+            let Some(info) = expected.iter().find(|info| info.name == *name) else {
+                return Err(EngineError::InvalidInput(format!(
+                    "unknown input '{name}'; the model's inputs are: {}",
+                    describe_values(expected)
+                )));
+            };
+            check_tensor(info, tensor)?;
+        }
+        if let Some(missing) = expected.iter().find(|info| !inputs.iter().any(|(name, _)| *name == info.name)) {
+            return Err(EngineError::InvalidInput(format!(
+                "missing input '{}': expected {}",
+                missing.name,
+                describe_kind(&missing.kind)
+            )));
+        }
+        Ok(())
+    }
+
+    fn select_outputs<'a>(&'a self, requested: Option<&'a [String]>) -> Result<Vec<&'a str>, EngineError> {
+        let known = &self.signature.outputs;
+        let Some(requested) = requested else {
+            return Ok(known.iter().map(|info| info.name.as_str()).collect());
+        };
+        for (i, name) in requested.iter().enumerate() {
+            if !known.iter().any(|info| info.name == *name) {
+                return Err(EngineError::InvalidInput(format!(
+                    "unknown output '{name}'; the model's outputs are: {}",
+                    describe_values(known)
+                )));
+            }
+            if requested[..i].contains(name) {
+                return Err(EngineError::InvalidInput(format!("output '{name}' is requested more than once")));
+            }
+        }
+        Ok(requested.iter().map(String::as_str).collect())
+    }
+}
+
+/// Element type, rank and fixed dimensions of one input, in that order, so the
+/// message names the first thing that is wrong.
+fn check_tensor(info: &ValueInfo, tensor: &Tensor) -> Result<(), EngineError> {
+    let name = &info.name;
+    let ValueKind::Tensor { element_type, shape } = &info.kind else {
+        return Err(EngineError::InvalidInput(format!(
+            "input '{name}' is {}, which this server cannot send; only tensor inputs are supported",
+            describe_kind(&info.kind)
+        )));
+    };
+    let got_type = tensor.element_type();
+    if got_type != *element_type {
+        return Err(EngineError::InvalidInput(format!(
+            "input '{name}' expects element type {element_type} ({}), got {got_type}",
+            describe_kind(&info.kind)
+        )));
+    }
+    let got_shape = tensor.shape();
+    if got_shape.len() != shape.len() {
+        return Err(EngineError::InvalidInput(format!(
+            "input '{name}' expects rank {} (shape {}), got rank {} (shape {got_shape:?})",
+            shape.len(),
+            describe_dims(shape),
+            got_shape.len()
+        )));
+    }
+    for (axis, (dim, &got)) in shape.iter().zip(got_shape).enumerate() {
+        if let Dim::Fixed(want) = *dim
+            && want != got
+        {
+            return Err(EngineError::InvalidInput(format!(
+                "input '{name}' dimension {axis} must be {want} (shape {}), got {got} (shape {got_shape:?})",
+                describe_dims(shape)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// ONNX Runtime's own input checks (e.g. two inputs whose shared dimension
+/// differs) fail with INVALID_ARGUMENT: the caller's fault, not the server's.
+fn run_error(error: ort::Error) -> EngineError {
+    if error.code() == ort::ErrorCode::InvalidArgument {
+        EngineError::InvalidInput(format!("ONNX Runtime rejected the inputs: {error}"))
+    } else {
+        EngineError::Inference(error.to_string())
+    }
+}
+
+/// `float32 [N, 4]` for tensors (unnamed dynamic dimensions as `-1`), ONNX
+/// Runtime's rendering for anything else.
+fn describe_kind(kind: &ValueKind) -> String {
+    match kind {
+        ValueKind::Tensor { element_type, shape } => format!("{element_type} {}", describe_dims(shape)),
+        ValueKind::Other { description } => description.clone(),
+    }
+}
+
+fn describe_dims(shape: &[Dim]) -> String {
+    let dims: Vec<String> = shape
+        .iter()
+        .map(|dim| match dim {
+            Dim::Fixed(n) => n.to_string(),
+            Dim::Dynamic(Some(symbol)) => symbol.clone(),
+            Dim::Dynamic(None) => "-1".to_owned(),
+        })
+        .collect();
+    format!("[{}]", dims.join(", "))
+}
+
+/// `features (float32 [N, 4]), mask (bool [N])`
+fn describe_values(values: &[ValueInfo]) -> String {
+    let described: Vec<String> =
+        values.iter().map(|info| format!("{} ({})", info.name, describe_kind(&info.kind))).collect();
+    described.join(", ")
+}

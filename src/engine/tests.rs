@@ -1,0 +1,1 @@
+//! Tests of the engine over the real fixtures in tests/data/models.

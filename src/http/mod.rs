@@ -1,0 +1,203 @@
+//! The HTTP routes (DESIGN section 3), independent of the front door: every
+//! front door turns its request into an `http::Request<Bytes>` and calls
+//! [`handle`]. Admin actions are not here; no HTTP request can reach them.
+
+pub mod json;
+mod simple;
+mod v2;
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use serde_json::{Value, json};
+
+use crate::error::{Error, RequestError};
+use crate::service::{LoadInfo, ModelService};
+
+/// A request id a front door attaches (Lambda's, or one the server makes up),
+/// logged with the request.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// What one request did, for the one log line and the metrics.
+#[derive(Debug, Default, Clone)]
+pub struct RequestRecord {
+    pub model: Option<String>,
+    pub version: Option<String>,
+    pub load: Option<LoadInfo>,
+    pub inference_ms: Option<f64>,
+}
+
+/// Routes one request and answers it. Never panics on input; every error
+/// becomes its JSON body and status.
+pub async fn handle(service: &ModelService, request: Request<Bytes>) -> Response<Bytes> {
+    let started = Instant::now();
+    let request_id = request.extensions().get::<RequestId>().map(|id| id.0.clone()).unwrap_or_default();
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let mut record = RequestRecord::default();
+    let result = route(service, &request, &mut record).await;
+    let response = match result {
+        Ok((status, body)) => json_response(status, &body),
+        Err(error) => error_response(&error),
+    };
+    let code = if response.status().is_success() {
+        None
+    } else {
+        serde_json::from_slice::<Value>(response.body()).ok().and_then(|b| b["code"].as_str().map(str::to_string))
+    };
+    tracing::info!(
+        request_id,
+        %method,
+        path,
+        model = record.model.as_deref(),
+        version = record.version.as_deref(),
+        cache = record.load.map(|l| l.outcome.as_str()),
+        staged_reused = record.load.map(|l| l.staged_reused),
+        stage_ms = record.load.map(|l| l.stage_ms),
+        load_ms = record.load.map(|l| l.load_ms),
+        inference_ms = record.inference_ms,
+        status = response.status().as_u16(),
+        code = code.as_deref(),
+        total_ms = started.elapsed().as_secs_f64() * 1e3,
+        "request"
+    );
+    response
+}
+
+/// The path split into percent-decoded segments. A segment that is not UTF-8
+/// after decoding is an invalid name.
+fn segments(path: &str) -> Result<Vec<String>, Error> {
+    let trimmed = path.strip_prefix('/').unwrap_or(path);
+    let trimmed = trimmed.strip_suffix('/').unwrap_or(trimmed);
+    trimmed
+        .split('/')
+        .map(|segment| {
+            percent_decode(segment).ok_or_else(|| {
+                Error::Repository(crate::repository::RepositoryError::InvalidName {
+                    what: "path segment",
+                    value: segment.to_string(),
+                    reason: "it is not valid percent-encoded UTF-8",
+                })
+            })
+        })
+        .collect()
+}
+
+fn percent_decode(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = segment.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+async fn route(service: &ModelService, request: &Request<Bytes>, record: &mut RequestRecord) -> Result<(StatusCode, Value), Error> {
+    let parts = segments(request.uri().path())?;
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    let method = request.method();
+    let body = request.body();
+    let only = |allowed: Method, allowed_name: &'static str| -> Result<(), Error> {
+        if *method == allowed || (allowed == Method::GET && *method == Method::HEAD) {
+            Ok(())
+        } else {
+            Err(RequestError::MethodNotAllowed {
+                method: method.to_string(),
+                path: request.uri().path().to_string(),
+                allowed: allowed_name,
+            }
+            .into())
+        }
+    };
+    match parts.as_slice() {
+        ["models"] => {
+            only(Method::GET, "GET")?;
+            list_models(service).await
+        }
+        ["models", name, version, "predict"] => {
+            only(Method::POST, "POST")?;
+            record.model = Some(name.to_string());
+            record.version = Some(version.to_string());
+            simple::predict(service, name, version, body, record).await
+        }
+        ["v2", rest @ ..] => v2::route(service, method, rest, body, record, &only).await,
+        _ => Err(RequestError::RouteNotFound { method: method.to_string(), path: request.uri().path().to_string() }.into()),
+    }
+}
+
+/// `GET /models`: every model and version in the repository, and which are in memory.
+async fn list_models(service: &ModelService) -> Result<(StatusCode, Value), Error> {
+    let repository = service.repository().clone();
+    let listing = tokio::task::spawn_blocking(move || {
+        repository.list().map(|models| {
+            models
+                .into_iter()
+                .map(|(name, versions)| {
+                    let aliases = crate::repository::ModelName::new(&name)
+                        .ok()
+                        .and_then(|n| repository.aliases(&n).ok())
+                        .unwrap_or_default();
+                    (name, versions, aliases)
+                })
+                .collect::<Vec<_>>()
+        })
+    })
+    .await
+    .map_err(|e| Error::Engine(crate::engine::EngineError::Inference(e.to_string())))??;
+    let models: Vec<Value> = listing
+        .into_iter()
+        .map(|(name, versions, aliases)| {
+            let versions: Vec<Value> = versions
+                .iter()
+                .map(|version| {
+                    let cached = crate::repository::ModelKey::new(&name, version).map(|k| service.is_cached(&k)).unwrap_or(false);
+                    json!({ "version": version, "cached": cached })
+                })
+                .collect();
+            json!({ "name": name, "versions": versions, "latest": versions.last().map(|v| v["version"].clone()), "aliases": aliases })
+        })
+        .collect();
+    let cache = service.cache_status();
+    Ok((
+        StatusCode::OK,
+        json!({ "models": models, "cache": { "bytes_used": cache.bytes_used, "bytes_budget": cache.bytes_budget, "models_cached": cache.entries.len() } }),
+    ))
+}
+
+pub fn json_response(status: StatusCode, body: &Value) -> Response<Bytes> {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut response = Response::new(Bytes::from(bytes));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    response
+}
+
+pub fn error_response(error: &Error) -> Response<Bytes> {
+    json_response(error.status(), &error.body())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_segments_and_rejects_bad_escapes() {
+        assert_eq!(segments("/models/a%2Eb/1/predict").unwrap(), ["models", "a.b", "1", "predict"]);
+        assert_eq!(segments("/models/%2e%2e/1/predict").unwrap()[1], "..");
+        assert_eq!(segments("/models/a%2Fb/1/predict").unwrap()[1], "a/b");
+        assert_eq!(segments("/v2/health/live/").unwrap(), ["v2", "health", "live"]);
+        assert!(segments("/models/%zz/1/predict").is_err());
+        assert!(segments("/models/%ff/1/predict").is_err());
+        assert!(segments("/models/%2/1").is_err());
+    }
+}

@@ -1,0 +1,39 @@
+//! model-router: many ONNX models served from one AWS Lambda function or one
+//! container, from a shared model repository (on EFS, or any directory).
+//!
+//! A request names a model and a version. The router resolves the version,
+//! copies the model file into a local staging directory while hashing it,
+//! refuses it unless the sha256 matches its manifest, memory-maps the verified
+//! copy into an ONNX Runtime session, keeps sessions in a cache bounded by
+//! bytes, and answers.
+//!
+//! # Layout
+//!
+//! - [`config`]: the one configuration, from flags and environment.
+//! - [`error`]: the crate's error, and its one mapping to code and HTTP status.
+//! - [`repository`]: validated names, manifests, `latest` and aliases,
+//!   publish and verify, and the staging tier of verified local copies.
+//! - [`cache`]: the byte-bounded LRU with single-flight loads and leases.
+//! - [`engine`]: ONNX Runtime (the only module that uses `ort`): sessions,
+//!   tensors, input checks.
+//! - [`service`]: the one code path from "model name and version" to outputs.
+//! - [`http`]: the routes (simple predict, Open Inference Protocol, listing,
+//!   health), independent of any front door.
+//! - [`admin`]: warm, evict, status (non-HTTP events only).
+//! - [`server`] and [`lambda`]: the front doors (local HTTP; Lambda runtime and
+//!   the `invoke` CLI).
+
+pub mod admin;
+pub mod cache;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod http;
+pub mod lambda;
+pub mod repository;
+pub mod server;
+pub mod service;
+
+pub use config::Config;
+pub use error::Error;
+pub use service::ModelService;

@@ -1,0 +1,152 @@
+//! The `model-router` binary: configuration, logging, then one front door.
+
+use std::io::Read;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+use model_router::config::{Cli, Command, Config, LogFormat, RouterArgs};
+use model_router::repository::{ModelName, PublishRequest, Repository, verify};
+use model_router::{ModelService, lambda, server};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = match cli.command {
+        Some(command) => command,
+        None if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() => match Cli::try_parse_from(["model-router", "lambda"]) {
+            Ok(Cli { command: Some(command) }) => command,
+            _ => unreachable_lambda(),
+        },
+        None => {
+            eprintln!("model-router: no command given; try `model-router --help`");
+            return ExitCode::from(2);
+        }
+    };
+    match run(command) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("model-router: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn unreachable_lambda() -> ! {
+    eprintln!("model-router: could not read the lambda configuration from the environment");
+    std::process::exit(2)
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve { router, addr } => {
+            let (config, runtime) = start(&router)?;
+            runtime.block_on(async {
+                let service = build_service(config)?;
+                let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
+                let local = listener.local_addr()?;
+                service.preload().await;
+                // On stdout, for scripts and tests that started us on port 0.
+                println!("model-router listening on http://{local}");
+                tracing::info!(%local, "listening");
+                server::serve(listener, service, shutdown_signal()).await?;
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Invoke { router, event } => {
+            let (config, runtime) = start(&router)?;
+            let text = if event == "-" {
+                let mut text = String::new();
+                std::io::stdin().read_to_string(&mut text)?;
+                text
+            } else {
+                std::fs::read_to_string(&event).with_context(|| format!("reading {event}"))?
+            };
+            runtime.block_on(async {
+                let service = build_service(config)?;
+                service.preload().await;
+                let response = lambda::invoke(&service, &text).await.context("the event is not JSON")?;
+                println!("{}", serde_json::to_string_pretty(&response)?);
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Lambda { router } => {
+            let (config, runtime) = start(&router)?;
+            runtime.block_on(async {
+                let service = build_service(config)?;
+                service.preload().await;
+                lambda::run(service).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Publish { repo, name, version, team, description, file } => {
+            init_tracing(LogFormat::Text);
+            std::fs::create_dir_all(&repo).with_context(|| format!("creating {}", repo.display()))?;
+            let repository = Repository::open(&repo)?;
+            let (key, manifest) =
+                repository.publish(&PublishRequest { name, version, source: file, team, description })?;
+            println!("published {key}");
+            println!("{}", serde_json::to_string_pretty(&manifest)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { repo, name } => {
+            init_tracing(LogFormat::Text);
+            let repository = Repository::open(&repo)?;
+            let name = name.as_deref().map(ModelName::new).transpose()?;
+            let reports = verify(&repository, name.as_ref())?;
+            let mut failures = 0;
+            for report in &reports {
+                match &report.error {
+                    None => println!("ok        {}", report.model),
+                    Some(error) => {
+                        failures += 1;
+                        println!("MISMATCH  {}: {error}", report.model);
+                    }
+                }
+            }
+            println!("{} versions checked, {failures} failed", reports.len());
+            Ok(if failures == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
+}
+
+/// Resolves the configuration, starts logging and the async runtime, and logs
+/// the configuration once.
+fn start(args: &RouterArgs) -> anyhow::Result<(Config, tokio::runtime::Runtime)> {
+    let config = Config::resolve(args);
+    init_tracing(config.log_format);
+    tracing::info!(config = %serde_json::to_string(&config)?, "configuration");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    Ok((config, runtime))
+}
+
+fn build_service(config: Config) -> anyhow::Result<ModelService> {
+    ModelService::new(config).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Logs go to stderr (stdout carries `invoke`'s answer and the EMF metrics).
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,275 @@
+//! The model service: the one code path every front door reaches after parsing
+//! its route. It resolves a version, gets the model from the cache (staging,
+//! verifying and loading it on a miss) and runs it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::cache::{CacheOutcome, CacheStatus, Lease, ModelCache};
+use crate::config::Config;
+use crate::engine::{Engine, EngineConfig, EngineError, LoadedModel, ModelFormat, OutputValue, Signature, Tensor};
+use crate::error::Error;
+use crate::repository::{Manifest, ModelKey, ModelName, Repository, RepositoryError, ResolvedModel, Staging, StagingStats};
+
+/// A loaded model as the cache holds it.
+pub struct Model {
+    pub key: ModelKey,
+    pub manifest: Manifest,
+    pub loaded: LoadedModel,
+    /// Whether a verified staged copy was reused (no copy, no hash).
+    pub staged_reused: bool,
+    pub stage_ms: f64,
+    pub load_ms: f64,
+}
+
+/// How a request got its model, for logs and metrics.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct LoadInfo {
+    pub outcome: CacheOutcome,
+    /// Milliseconds spent copying and hashing into staging (this request's load only).
+    pub stage_ms: f64,
+    /// Milliseconds spent creating the ONNX Runtime session (this request's load only).
+    pub load_ms: f64,
+    /// On a miss, whether the staged copy was reused.
+    pub staged_reused: bool,
+    /// Bytes the model is charged in the cache.
+    pub model_bytes: u64,
+}
+
+/// The answer to a prediction.
+#[derive(Debug)]
+pub struct Prediction {
+    pub key: ModelKey,
+    pub outputs: Vec<(String, OutputValue)>,
+    pub load: LoadInfo,
+    pub inference_ms: f64,
+}
+
+/// Outcome of warming one model.
+#[derive(Debug, Clone, Serialize)]
+pub struct WarmFailure {
+    pub model: String,
+    pub code: &'static str,
+    pub error: String,
+}
+
+/// The shared state of the router: built once at start-up, cheap to clone.
+#[derive(Clone)]
+pub struct ModelService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    repository: Repository,
+    staging: Staging,
+    cache: ModelCache<Model>,
+    engine: Engine,
+    /// Preloads that failed, kept for `status`.
+    preload_failures: std::sync::Mutex<Vec<WarmFailure>>,
+}
+
+impl ModelService {
+    /// Opens the repository and staging directory and starts ONNX Runtime.
+    pub fn new(config: Config) -> Result<ModelService, Error> {
+        let repository = Repository::open(&config.model_root)?;
+        let staging = Staging::open(&config.staging_dir, config.staging_bytes)?;
+        let dylib_path = crate::engine::find_library(config.ort_dylib_path.as_deref())?;
+        let engine = Engine::init(&EngineConfig { dylib_path, intra_threads: config.intra_threads })?;
+        let cache = ModelCache::new(config.cache_bytes);
+        Ok(ModelService {
+            inner: Arc::new(Inner {
+                config,
+                repository,
+                staging,
+                cache,
+                engine,
+                preload_failures: Default::default(),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn repository(&self) -> &Repository {
+        &self.inner.repository
+    }
+
+    pub fn cache_status(&self) -> CacheStatus {
+        self.inner.cache.status()
+    }
+
+    pub fn staging_stats(&self) -> StagingStats {
+        self.inner.staging.stats()
+    }
+
+    /// The model `name` at `version` (a version, `latest` or an alias), loaded.
+    ///
+    /// A concrete version already cached is answered without touching the
+    /// repository at all.
+    pub async fn model(&self, name: &str, version: &str) -> Result<(Lease<Model>, LoadInfo), Error> {
+        let name = ModelName::new(name)?;
+        let direct = ModelKey::from_parts(name.clone(), version.to_string())?;
+        if let Some(lease) = self.inner.cache.get(&direct) {
+            return Ok(self.count_hit(lease));
+        }
+        let repository = self.inner.repository.clone();
+        let version = version.to_string();
+        let resolved = blocking(move || repository.resolve(&name, &version)).await??;
+        self.load(resolved).await
+    }
+
+    /// Loads one concrete version (for warm and preload).
+    pub async fn load_key(&self, key: &ModelKey) -> Result<(Lease<Model>, LoadInfo), Error> {
+        if let Some(lease) = self.inner.cache.get(key) {
+            return Ok(self.count_hit(lease));
+        }
+        let repository = self.inner.repository.clone();
+        let key = key.clone();
+        let resolved = blocking(move || repository.read(&key)).await??;
+        self.load(resolved).await
+    }
+
+    fn count_hit(&self, lease: Lease<Model>) -> (Lease<Model>, LoadInfo) {
+        let info = LoadInfo {
+            outcome: CacheOutcome::Hit,
+            stage_ms: 0.0,
+            load_ms: 0.0,
+            staged_reused: false,
+            model_bytes: lease.bytes(),
+        };
+        (lease, info)
+    }
+
+    async fn load(&self, resolved: ResolvedModel) -> Result<(Lease<Model>, LoadInfo), Error> {
+        let key = resolved.key.clone();
+        let service = self.clone();
+        let (lease, outcome) = self
+            .inner
+            .cache
+            .get_or_load(&key, || async move { blocking(move || service.load_blocking(resolved)).await? })
+            .await?;
+        let model = lease.value();
+        let info = LoadInfo {
+            outcome,
+            stage_ms: if outcome == CacheOutcome::Miss { model.stage_ms } else { 0.0 },
+            load_ms: if outcome == CacheOutcome::Miss { model.load_ms } else { 0.0 },
+            staged_reused: model.staged_reused,
+            model_bytes: lease.bytes(),
+        };
+        Ok((lease, info))
+    }
+
+    /// Stage (verify), make room, create the session. Runs on a blocking thread.
+    fn load_blocking(&self, resolved: ResolvedModel) -> Result<(Model, u64), Error> {
+        let inner = &self.inner;
+        let key = resolved.key.clone();
+        // Refuse a model that can never fit before reading a byte of it.
+        if resolved.manifest.size > inner.cache.budget() {
+            return Err(crate::cache::CacheError::TooLarge {
+                key: key.to_string(),
+                bytes: resolved.manifest.size,
+                budget: inner.cache.budget(),
+            }
+            .into());
+        }
+        let format = ModelFormat::from_file_name(&resolved.manifest.file).ok_or_else(|| {
+            RepositoryError::InvalidManifest { key: key.to_string(), reason: "file must end in .ort or .onnx".into() }
+        })?;
+        let hashes_before = inner.staging.stats().hashes;
+        let started = Instant::now();
+        let staged = inner.staging.stage(&resolved)?;
+        let stage_ms = started.elapsed().as_secs_f64() * 1e3;
+        let staged_reused = inner.staging.stats().hashes == hashes_before;
+        // Only a verified model may push others out.
+        inner.cache.make_room(&key, resolved.manifest.size)?;
+        let started = Instant::now();
+        let loaded = inner.engine.load(&staged.path, format)?;
+        let load_ms = started.elapsed().as_secs_f64() * 1e3;
+        let bytes = loaded.footprint_bytes();
+        tracing::info!(model = %key, bytes, stage_ms, load_ms, staged_reused, "model loaded");
+        Ok((Model { key, manifest: resolved.manifest, loaded, staged_reused, stage_ms, load_ms }, bytes))
+    }
+
+    /// Runs `name`/`version` on `inputs`, giving `outputs` (all when `None`).
+    pub async fn predict(
+        &self,
+        lease: Lease<Model>,
+        load: LoadInfo,
+        inputs: Vec<(String, Tensor)>,
+        outputs: Option<Vec<String>>,
+    ) -> Result<Prediction, Error> {
+        let started = Instant::now();
+        let key = lease.key().clone();
+        // The lease moves into the blocking task: the model stays alive (and
+        // counted) until the run ends, even if it is evicted meanwhile.
+        let outputs = blocking(move || lease.value().loaded.run(inputs, outputs.as_deref())).await??;
+        Ok(Prediction { key, outputs, load, inference_ms: started.elapsed().as_secs_f64() * 1e3 })
+    }
+
+    /// Loads each model, reporting every outcome; never stops at the first failure.
+    pub async fn warm(&self, models: &[String]) -> (Vec<String>, Vec<WarmFailure>) {
+        let mut warmed = Vec::new();
+        let mut failed = Vec::new();
+        for spec in models {
+            let outcome = match ModelKey::parse(spec) {
+                Ok(key) => self.load_key(&key).await.map(|_| ()),
+                Err(e) => Err(e.into()),
+            };
+            match outcome {
+                Ok(()) => warmed.push(spec.clone()),
+                Err(e) => failed.push(WarmFailure { model: spec.clone(), code: e.code(), error: e.to_string() }),
+            }
+        }
+        (warmed, failed)
+    }
+
+    /// Warms `PRELOAD_MODELS`, logging and keeping each failure for `status`.
+    pub async fn preload(&self) {
+        if self.inner.config.preload.is_empty() {
+            return;
+        }
+        let (warmed, failed) = self.warm(&self.inner.config.preload).await;
+        for failure in &failed {
+            tracing::error!(model = %failure.model, code = failure.code, error = %failure.error, "preload failed");
+        }
+        tracing::info!(warmed = ?warmed, failed = failed.len(), "preload done");
+        *self.inner.preload_failures.lock().unwrap_or_else(|p| p.into_inner()) = failed;
+    }
+
+    pub fn preload_failures(&self) -> Vec<WarmFailure> {
+        self.inner.preload_failures.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Evicts models from memory. Returns the ones that were cached.
+    pub fn evict(&self, models: &[String]) -> Vec<String> {
+        models
+            .iter()
+            .filter(|spec| ModelKey::parse(spec).map(|key| self.inner.cache.evict(&key)).unwrap_or(false))
+            .cloned()
+            .collect()
+    }
+
+    /// Which concrete versions are in memory now.
+    pub fn is_cached(&self, key: &ModelKey) -> bool {
+        self.inner.cache.contains(key)
+    }
+
+    /// The signature of a model, loading it if needed.
+    pub async fn signature(&self, name: &str, version: &str) -> Result<(ModelKey, Signature), Error> {
+        let (lease, _) = self.model(name, version).await?;
+        Ok((lease.key().clone(), lease.value().loaded.signature().clone()))
+    }
+}
+
+/// Runs blocking work (file I/O, hashing, ONNX Runtime) off the async threads.
+/// A panic in it becomes an error for this request, not a crash.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Engine(EngineError::Inference(format!("internal error in a worker thread: {e}"))))
+}
