@@ -38,9 +38,12 @@ pub async fn handle(service: &ModelService, event: &Value) -> Value {
             // Warming more than the budget holds evicts the earliest ones again:
             // say which did not stay.
             let budget = service.config().cache_bytes;
-            let (kept, pushed_out): (Vec<String>, Vec<String>) = warmed.into_iter().partition(|spec| {
-                crate::repository::ModelKey::parse(spec).map(|key| service.is_cached(&key)).unwrap_or(false)
-            });
+            let (kept, pushed_out): (Vec<String>, Vec<String>) =
+                warmed.into_iter().partition(|spec| {
+                    crate::repository::ModelKey::parse(spec)
+                        .map(|key| service.is_cached(&key))
+                        .unwrap_or(false)
+                });
             failed.extend(pushed_out.into_iter().map(|model| crate::service::WarmFailure {
                 model,
                 code: "did_not_fit",

@@ -29,8 +29,14 @@ use crate::repository::ModelKey;
 /// Errors of the cache itself (a loader's own errors pass through unchanged).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CacheError {
-    #[error("model {key} needs {bytes} bytes, more than the whole cache budget of {budget} bytes (MODEL_CACHE_BYTES); nothing was evicted")]
-    TooLarge { key: String, bytes: u64, budget: u64 },
+    #[error(
+        "model {key} needs {bytes} bytes, more than the whole cache budget of {budget} bytes (MODEL_CACHE_BYTES); nothing was evicted"
+    )]
+    TooLarge {
+        key: String,
+        bytes: u64,
+        budget: u64,
+    },
     #[error("model {key} needs {bytes} bytes and every cached model is in use; retry shortly")]
     Busy { key: String, bytes: u64 },
 }
@@ -152,7 +158,9 @@ pub struct ModelCache<V> {
 
 impl<V> Clone for ModelCache<V> {
     fn clone(&self) -> Self {
-        ModelCache { inner: self.inner.clone() }
+        ModelCache {
+            inner: self.inner.clone(),
+        }
     }
 }
 
@@ -169,7 +177,10 @@ impl<V: Send + Sync + 'static> ModelCache<V> {
             inner: Arc::new(Inner {
                 budget,
                 wait,
-                state: Mutex::new(State { lru: LruCache::unbounded(), inflight: HashMap::new() }),
+                state: Mutex::new(State {
+                    lru: LruCache::unbounded(),
+                    inflight: HashMap::new(),
+                }),
                 accounting: Arc::default(),
                 hits: AtomicU64::new(0),
                 misses: AtomicU64::new(0),
@@ -189,9 +200,15 @@ impl<V: Send + Sync + 'static> ModelCache<V> {
         self.inner.accounting.used.load(Ordering::Acquire)
     }
 
-    /// The cached model for `key` without loading it; marks it recently used.
+    /// The cached model for `key` without loading it; marks it recently used
+    /// and counts a hit. (A `None` counts nothing: the caller's
+    /// [`ModelCache::get_or_load`] counts the miss.)
     pub fn get(&self, key: &ModelKey) -> Option<Lease<V>> {
-        self.lock().lru.get(key).cloned()
+        let lease = self.lock().lru.get(key).cloned();
+        if lease.is_some() {
+            self.inner.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        lease
     }
 
     /// Whether `key` is cached, without touching its recency.
@@ -217,7 +234,11 @@ impl<V: Send + Sync + 'static> ModelCache<V> {
     /// assert_eq!(cache.bytes_used(), 40);
     /// # });
     /// ```
-    pub async fn get_or_load<F, Fut>(&self, key: &ModelKey, load: F) -> Result<(Lease<V>, CacheOutcome), Error>
+    pub async fn get_or_load<F, Fut>(
+        &self,
+        key: &ModelKey,
+        load: F,
+    ) -> Result<(Lease<V>, CacheOutcome), Error>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(V, u64), Error>>,
@@ -229,7 +250,11 @@ impl<V: Send + Sync + 'static> ModelCache<V> {
                 return Ok((lease.clone(), CacheOutcome::Hit));
             }
             self.inner.misses.fetch_add(1, Ordering::Relaxed);
-            state.inflight.entry(key.clone()).or_insert_with(|| Arc::new(OnceCell::new())).clone()
+            state
+                .inflight
+                .entry(key.clone())
+                .or_insert_with(|| Arc::new(OnceCell::new()))
+                .clone()
         };
         let mut ran = false;
         let result = cell
@@ -239,11 +264,20 @@ impl<V: Send + Sync + 'static> ModelCache<V> {
             })
             .await
             .clone();
-        let outcome = if ran { CacheOutcome::Miss } else { CacheOutcome::Joined };
+        let outcome = if ran {
+            CacheOutcome::Miss
+        } else {
+            CacheOutcome::Joined
+        };
         result.map(|lease| (lease, outcome))
     }
 
-    async fn load_and_admit<F, Fut>(&self, key: &ModelKey, cell: &LoadCell<V>, load: F) -> Result<Lease<V>, Error>
+    async fn load_and_admit<F, Fut>(
+        &self,
+        key: &ModelKey,
+        cell: &LoadCell<V>,
+        load: F,
+    ) -> Result<Lease<V>, Error>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(V, u64), Error>>,
@@ -253,7 +287,11 @@ impl<V: Send + Sync + 'static> ModelCache<V> {
         // LRU from now on, failure is retried afresh. (A load abandoned half-way
         // leaves its cell empty in place; the next request to join it runs it.)
         let mut state = self.lock();
-        if state.inflight.get(key).is_some_and(|c| Arc::ptr_eq(c, cell)) {
+        if state
+            .inflight
+            .get(key)
+            .is_some_and(|c| Arc::ptr_eq(c, cell))
+        {
             state.inflight.remove(key);
         }
         result
@@ -307,22 +345,38 @@ impl<V: Send + Sync + 'static> ModelCache<V> {
                 if self.bytes_used() + bytes <= self.inner.budget {
                     // Charged under the lock, so two admissions cannot both fit
                     // into the same room. Releases only lower the count.
-                    self.inner.accounting.used.fetch_add(bytes, Ordering::AcqRel);
-                    let lease = Arc::new(Cached { key: key.clone(), bytes, value, accounting: self.inner.accounting.clone() });
+                    self.inner
+                        .accounting
+                        .used
+                        .fetch_add(bytes, Ordering::AcqRel);
+                    let lease = Arc::new(Cached {
+                        key: key.clone(),
+                        bytes,
+                        value,
+                        accounting: self.inner.accounting.clone(),
+                    });
                     state.lru.put(key.clone(), lease.clone());
                     return Ok(lease);
                 }
             }
             // Everything left is in use: wait for a request to finish with one.
             if tokio::time::timeout_at(deadline, released).await.is_err() {
-                return Err(CacheError::Busy { key: key.to_string(), bytes }.into());
+                return Err(CacheError::Busy {
+                    key: key.to_string(),
+                    bytes,
+                }
+                .into());
             }
         }
     }
 
     fn check_fits(&self, key: &ModelKey, bytes: u64) -> Result<(), CacheError> {
         if bytes > self.inner.budget {
-            return Err(CacheError::TooLarge { key: key.to_string(), bytes, budget: self.inner.budget });
+            return Err(CacheError::TooLarge {
+                key: key.to_string(),
+                bytes,
+                budget: self.inner.budget,
+            });
         }
         Ok(())
     }
@@ -369,7 +423,11 @@ impl<V: Send + Sync + 'static> ModelCache<V> {
         let entries = state
             .lru
             .iter()
-            .map(|(key, lease)| EntryStatus { model: key.to_string(), bytes: lease.bytes, in_use: Arc::strong_count(lease) - 1 })
+            .map(|(key, lease)| EntryStatus {
+                model: key.to_string(),
+                bytes: lease.bytes,
+                in_use: Arc::strong_count(lease) - 1,
+            })
             .collect();
         let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
         CacheStatus {
@@ -387,7 +445,10 @@ impl<V: Send + Sync + 'static> ModelCache<V> {
     fn lock(&self) -> MutexGuard<'_, State<V>> {
         // Held only for map updates that cannot panic half-way; recover rather
         // than take every later request down with a poisoned lock.
-        self.inner.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -401,8 +462,14 @@ mod tests {
         ModelKey::new(&format!("m{n}"), "1").unwrap()
     }
 
-    async fn load(cache: &ModelCache<usize>, n: usize, bytes: u64) -> Result<(Lease<usize>, CacheOutcome), Error> {
-        cache.get_or_load(&key(n), || async move { Ok((n, bytes)) }).await
+    async fn load(
+        cache: &ModelCache<usize>,
+        n: usize,
+        bytes: u64,
+    ) -> Result<(Lease<usize>, CacheOutcome), Error> {
+        cache
+            .get_or_load(&key(n), || async move { Ok((n, bytes)) })
+            .await
     }
 
     #[tokio::test]
@@ -412,12 +479,27 @@ mod tests {
             for n in 0..5 {
                 let (lease, outcome) = load(&cache, n, 40).await.unwrap();
                 assert_eq!(*lease.value(), n);
-                assert!(cache.bytes_used() <= 100, "round {round} model {n}: {}", cache.bytes_used());
-                assert_eq!(outcome, CacheOutcome::Miss, "two of 40 fit, cycling five always misses");
+                assert!(
+                    cache.bytes_used() <= 100,
+                    "round {round} model {n}: {}",
+                    cache.bytes_used()
+                );
+                assert_eq!(
+                    outcome,
+                    CacheOutcome::Miss,
+                    "two of 40 fit, cycling five always misses"
+                );
             }
         }
         let status = cache.status();
-        assert_eq!(status.entries.iter().map(|e| e.model.as_str()).collect::<Vec<_>>(), ["m4/1", "m3/1"]);
+        assert_eq!(
+            status
+                .entries
+                .iter()
+                .map(|e| e.model.as_str())
+                .collect::<Vec<_>>(),
+            ["m4/1", "m3/1"]
+        );
         assert_eq!(status.bytes_used, 80);
         assert_eq!((status.loads, status.evictions), (15, 13));
     }
@@ -457,7 +539,13 @@ mod tests {
             outcomes.push(outcome);
         }
         assert_eq!(loads.load(Ordering::SeqCst), 1);
-        assert_eq!(outcomes.iter().filter(|o| **o == CacheOutcome::Miss).count(), 1);
+        assert_eq!(
+            outcomes
+                .iter()
+                .filter(|o| **o == CacheOutcome::Miss)
+                .count(),
+            1
+        );
         assert_eq!(cache.status().loads, 1);
     }
 
@@ -465,7 +553,9 @@ mod tests {
     async fn failures_are_shared_then_retried_and_never_cached() {
         let cache = ModelCache::<usize>::new(100);
         let err = cache
-            .get_or_load(&key(0), || async { Err(EngineError::Load("corrupt".into()).into()) })
+            .get_or_load(&key(0), || async {
+                Err(EngineError::Load("corrupt".into()).into())
+            })
             .await
             .unwrap_err();
         assert_eq!(err.code(), "model_load_failed");
@@ -480,7 +570,10 @@ mod tests {
         let cache = ModelCache::new(100);
         load(&cache, 0, 60).await.unwrap();
         let err = load(&cache, 1, 101).await.unwrap_err();
-        assert_eq!((err.code(), err.status().as_u16()), ("model_too_large", 507));
+        assert_eq!(
+            (err.code(), err.status().as_u16()),
+            ("model_too_large", 507)
+        );
         assert!(cache.contains(&key(0)));
         assert!(cache.make_room(&key(1), 101).is_err());
         assert!(cache.contains(&key(0)));

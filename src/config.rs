@@ -8,7 +8,11 @@ use serde::Serialize;
 
 /// The command line (DESIGN section 6).
 #[derive(Debug, Parser)]
-#[command(name = "model-router", version, about = "Serve many ONNX models from one Lambda function or container")]
+#[command(
+    name = "model-router",
+    version,
+    about = "Serve many ONNX models from one Lambda function or container"
+)]
 pub struct Cli {
     /// Without a subcommand: `lambda` when AWS_LAMBDA_RUNTIME_API is set, else help.
     #[command(subcommand)]
@@ -149,28 +153,47 @@ const DEFAULT_CACHE_BYTES: u64 = 1 << 30;
 impl Config {
     /// Resolves defaults from the environment Lambda sets and the machine.
     pub fn resolve(args: &RouterArgs) -> Config {
-        let lambda_memory_mb =
-            std::env::var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE").ok().and_then(|v| v.parse::<u64>().ok());
+        let lambda_memory_mb = std::env::var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok());
         let on_lambda = std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some();
-        let cache_bytes = args
-            .cache_bytes
-            .unwrap_or_else(|| lambda_memory_mb.map(|mb| mb * 1024 * 1024 * 6 / 10).unwrap_or(DEFAULT_CACHE_BYTES));
-        let staging_bytes = args.staging_bytes.unwrap_or_else(|| free_space(&args.staging_dir) / 10 * 8);
-        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        let intra_threads = args.ort_intra_threads.filter(|n| *n > 0).unwrap_or_else(|| match lambda_memory_mb {
-            Some(mb) => (mb.div_ceil(LAMBDA_MB_PER_VCPU).clamp(1, 6) as usize).min(cpus),
-            None => cpus,
+        let cache_bytes = args.cache_bytes.unwrap_or_else(|| {
+            lambda_memory_mb
+                .map(|mb| mb * 1024 * 1024 * 6 / 10)
+                .unwrap_or(DEFAULT_CACHE_BYTES)
         });
+        let staging_bytes = args
+            .staging_bytes
+            .unwrap_or_else(|| free_space(&args.staging_dir) / 10 * 8);
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let intra_threads = args
+            .ort_intra_threads
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| match lambda_memory_mb {
+                Some(mb) => (mb.div_ceil(LAMBDA_MB_PER_VCPU).clamp(1, 6) as usize).min(cpus),
+                None => cpus,
+            });
         Config {
             model_root: args.repo.clone(),
             cache_bytes,
             staging_dir: args.staging_dir.clone(),
             staging_bytes,
-            preload: args.preload.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+            preload: args
+                .preload
+                .iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
             ort_dylib_path: args.ort_dylib_path.clone(),
             intra_threads,
             access_policy: args.access_policy.clone(),
-            log_format: args.log_format.unwrap_or(if on_lambda { LogFormat::Json } else { LogFormat::Text }),
+            log_format: args.log_format.unwrap_or(if on_lambda {
+                LogFormat::Json
+            } else {
+                LogFormat::Text
+            }),
             max_request_bytes: usize::try_from(args.max_request_bytes).unwrap_or(usize::MAX),
             metrics_namespace: args.metrics_namespace.clone(),
             function_name: std::env::var("AWS_LAMBDA_FUNCTION_NAME").ok(),
@@ -198,16 +221,25 @@ impl Config {
 
 /// Free bytes on the filesystem holding `dir` (or its nearest existing parent).
 fn free_space(dir: &std::path::Path) -> u64 {
-    let existing = dir.ancestors().find(|p| p.exists()).unwrap_or(std::path::Path::new("/"));
-    rustix::fs::statvfs(existing).map(|s| s.f_bavail.saturating_mul(s.f_frsize)).unwrap_or(512 << 20)
+    let existing = dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(std::path::Path::new("/"));
+    rustix::fs::statvfs(existing)
+        .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+        .unwrap_or(512 << 20)
 }
 
 /// Parses a byte count: `1048576`, `512Mi`, `2GiB`, `1.5G`, `6MB`.
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().map_err(|_| format!("{text:?} is not a byte count (e.g. 1073741824, 512Mi, 2GiB)"))?;
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a byte count (e.g. 1073741824, 512Mi, 2GiB)"))?;
     let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1_000,
@@ -216,7 +248,11 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         "ki" | "kib" => 1 << 10,
         "mi" | "mib" => 1 << 20,
         "gi" | "gib" => 1 << 30,
-        other => return Err(format!("unknown byte unit {other:?} (use K, M, G, Ki, Mi or Gi)")),
+        other => {
+            return Err(format!(
+                "unknown byte unit {other:?} (use K, M, G, Ki, Mi or Gi)"
+            ));
+        }
     };
     Ok((number * multiplier as f64) as u64)
 }
@@ -247,7 +283,10 @@ mod tests {
                 if ["event", "help", "version"].contains(&id) {
                     continue;
                 }
-                assert!(arg.get_env().is_some(), "{sub} --{id} has no environment twin");
+                assert!(
+                    arg.get_env().is_some(),
+                    "{sub} --{id} has no environment twin"
+                );
             }
         }
     }

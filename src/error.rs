@@ -15,10 +15,16 @@ pub enum RequestError {
     InvalidJson(String),
     #[error("{0}")]
     InvalidInput(String),
-    #[error("no route for {method} {path}; routes are listed in the README (e.g. POST /models/{{name}}/{{version}}/predict)")]
+    #[error(
+        "no route for {method} {path}; routes are listed in the README (e.g. POST /models/{{name}}/{{version}}/predict)"
+    )]
     RouteNotFound { method: String, path: String },
     #[error("{method} is not allowed on {path}; allowed: {allowed}")]
-    MethodNotAllowed { method: String, path: String, allowed: &'static str },
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allowed: &'static str,
+    },
     #[error("the request body is {size} bytes; the limit is {limit} bytes")]
     PayloadTooLarge { size: usize, limit: usize },
     #[error("{0}")]
@@ -108,20 +114,100 @@ mod tests {
     #[test]
     fn every_code_maps_to_the_documented_status() {
         let cases: Vec<(Error, &str, u16)> = vec![
-            (RequestError::InvalidJson("x".into()).into(), "invalid_json", 400),
-            (RequestError::InvalidInput("x".into()).into(), "invalid_input", 400),
-            (RepositoryError::InvalidName { what: "name", value: "..".into(), reason: "x" }.into(), "invalid_name", 400),
+            (
+                RequestError::InvalidJson("x".into()).into(),
+                "invalid_json",
+                400,
+            ),
+            (
+                RequestError::InvalidInput("x".into()).into(),
+                "invalid_input",
+                400,
+            ),
+            (
+                RepositoryError::InvalidName {
+                    what: "name",
+                    value: "..".into(),
+                    reason: "x",
+                }
+                .into(),
+                "invalid_name",
+                400,
+            ),
             (RequestError::Forbidden("x".into()).into(), "forbidden", 403),
-            (RepositoryError::ModelNotFound { name: "m".into() }.into(), "model_not_found", 404),
-            (RepositoryError::VersionNotFound { name: "m".into(), version: "1".into(), available: vec![] }.into(), "version_not_found", 404),
-            (RequestError::RouteNotFound { method: "GET".into(), path: "/x".into() }.into(), "route_not_found", 404),
-            (RequestError::PayloadTooLarge { size: 2, limit: 1 }.into(), "payload_too_large", 413),
-            (RepositoryError::ChecksumMismatch { key: "m/1".into(), expected: "a".into(), actual: "b".into() }.into(), "checksum_mismatch", 500),
-            (EngineError::Load("x".into()).into(), "model_load_failed", 500),
-            (EngineError::Inference("x".into()).into(), "inference_failed", 500),
-            (EngineError::InvalidInput("x".into()).into(), "invalid_input", 400),
-            (RepositoryError::Unavailable { path: "/m".into(), reason: "EIO".into() }.into(), "repository_unavailable", 503),
-            (CacheError::TooLarge { key: "m/1".into(), bytes: 2, budget: 1 }.into(), "model_too_large", 507),
+            (
+                RepositoryError::ModelNotFound { name: "m".into() }.into(),
+                "model_not_found",
+                404,
+            ),
+            (
+                RepositoryError::VersionNotFound {
+                    name: "m".into(),
+                    version: "1".into(),
+                    available: vec![],
+                }
+                .into(),
+                "version_not_found",
+                404,
+            ),
+            (
+                RequestError::RouteNotFound {
+                    method: "GET".into(),
+                    path: "/x".into(),
+                }
+                .into(),
+                "route_not_found",
+                404,
+            ),
+            (
+                RequestError::PayloadTooLarge { size: 2, limit: 1 }.into(),
+                "payload_too_large",
+                413,
+            ),
+            (
+                RepositoryError::ChecksumMismatch {
+                    key: "m/1".into(),
+                    expected: "a".into(),
+                    actual: "b".into(),
+                }
+                .into(),
+                "checksum_mismatch",
+                500,
+            ),
+            (
+                EngineError::Load("x".into()).into(),
+                "model_load_failed",
+                500,
+            ),
+            (
+                EngineError::Inference("x".into()).into(),
+                "inference_failed",
+                500,
+            ),
+            (
+                EngineError::InvalidInput("x".into()).into(),
+                "invalid_input",
+                400,
+            ),
+            (
+                RepositoryError::Unavailable {
+                    path: "/m".into(),
+                    reason: "EIO".into(),
+                }
+                .into(),
+                "repository_unavailable",
+                503,
+            ),
+            (
+                CacheError::TooLarge {
+                    key: "m/1".into(),
+                    bytes: 2,
+                    budget: 1,
+                }
+                .into(),
+                "model_too_large",
+                507,
+            ),
         ];
         for (error, code, status) in cases {
             assert_eq!(error.code(), code, "{error}");

@@ -17,7 +17,10 @@ use crate::http::{RequestId, error_response, handle};
 use crate::service::ModelService;
 
 /// Handles one Lambda event already parsed by lambda_http.
-pub async fn handle_event(service: ModelService, request: lambda_http::Request) -> Result<http::Response<Body>, Infallible> {
+pub async fn handle_event(
+    service: ModelService,
+    request: lambda_http::Request,
+) -> Result<http::Response<Body>, Infallible> {
     let (mut parts, body) = request.into_parts();
     let body: Bytes = match body {
         Body::Empty => Bytes::new(),
@@ -32,13 +35,21 @@ pub async fn handle_event(service: ModelService, request: lambda_http::Request) 
     if matches!(context, Some(RequestContext::PassThrough)) {
         let answer = match serde_json::from_slice::<Value>(&body) {
             Ok(event) => crate::admin::handle(&service, &event).await,
-            Err(e) => serde_json::json!({"error": format!("the event is not JSON: {e}"), "code": "invalid_json"}),
+            Err(e) => {
+                serde_json::json!({"error": format!("the event is not JSON: {e}"), "code": "invalid_json"})
+            }
         };
-        return Ok(to_lambda(crate::http::json_response(http::StatusCode::OK, &answer)));
+        return Ok(to_lambda(crate::http::json_response(
+            http::StatusCode::OK,
+            &answer,
+        )));
     }
     let limit = service.config().max_request_bytes;
     if body.len() > limit {
-        let error = Error::Request(RequestError::PayloadTooLarge { size: body.len(), limit });
+        let error = Error::Request(RequestError::PayloadTooLarge {
+            size: body.len(),
+            limit,
+        });
         return Ok(to_lambda(error_response(&error)));
     }
     if let Some(RequestContext::ApiGatewayV1(ctx)) = &context
@@ -46,7 +57,11 @@ pub async fn handle_event(service: ModelService, request: lambda_http::Request) 
     {
         strip_stage(&mut parts, stage);
     }
-    if let Some(id) = parts.extensions.get::<lambda_http::Context>().map(|c| c.request_id.clone()) {
+    if let Some(id) = parts
+        .extensions
+        .get::<lambda_http::Context>()
+        .map(|c| c.request_id.clone())
+    {
         parts.extensions.insert(RequestId(id));
     }
     let response = handle(&service, http::Request::from_parts(parts, body)).await;
@@ -84,7 +99,9 @@ fn to_lambda(response: http::Response<Bytes>) -> http::Response<Body> {
 pub async fn invoke(service: &ModelService, event: &str) -> Result<Value, serde_json::Error> {
     let request: LambdaRequest = serde_json::from_str(event)?;
     let service = service.clone();
-    let mut adapter = Adapter::from(service_fn(move |request| handle_event(service.clone(), request)));
+    let mut adapter = Adapter::from(service_fn(move |request| {
+        handle_event(service.clone(), request)
+    }));
     let context = Context::default();
     let response = match adapter.call(LambdaEvent::new(request, context)).await {
         Ok(response) => response,
@@ -95,5 +112,8 @@ pub async fn invoke(service: &ModelService, event: &str) -> Result<Value, serde_
 
 /// Runs the Lambda runtime loop until the runtime ends it.
 pub async fn run(service: ModelService) -> Result<(), lambda_http::Error> {
-    lambda_http::run(service_fn(move |request| handle_event(service.clone(), request))).await
+    lambda_http::run(service_fn(move |request| {
+        handle_event(service.clone(), request)
+    }))
+    .await
 }

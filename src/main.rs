@@ -13,10 +13,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = match cli.command {
         Some(command) => command,
-        None if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() => match Cli::try_parse_from(["model-router", "lambda"]) {
-            Ok(Cli { command: Some(command) }) => command,
-            _ => unreachable_lambda(),
-        },
+        None if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() => {
+            match Cli::try_parse_from(["model-router", "lambda"]) {
+                Ok(Cli {
+                    command: Some(command),
+                }) => command,
+                _ => unreachable_lambda(),
+            }
+        }
         None => {
             eprintln!("model-router: no command given; try `model-router --help`");
             return ExitCode::from(2);
@@ -42,7 +46,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let (config, runtime) = start(&router)?;
             runtime.block_on(async {
                 let service = build_service(config)?;
-                let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
+                let listener = tokio::net::TcpListener::bind(&addr)
+                    .await
+                    .with_context(|| format!("binding {addr}"))?;
                 let local = listener.local_addr()?;
                 service.preload().await;
                 // On stdout, for scripts and tests that started us on port 0.
@@ -64,7 +70,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             runtime.block_on(async {
                 let service = build_service(config)?;
                 service.preload().await;
-                let response = lambda::invoke(&service, &text).await.context("the event is not JSON")?;
+                let response = lambda::invoke(&service, &text)
+                    .await
+                    .context("the event is not JSON")?;
                 println!("{}", serde_json::to_string_pretty(&response)?);
                 Ok(ExitCode::SUCCESS)
             })
@@ -74,16 +82,31 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             runtime.block_on(async {
                 let service = build_service(config)?;
                 service.preload().await;
-                lambda::run(service).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                lambda::run(service)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
                 Ok(ExitCode::SUCCESS)
             })
         }
-        Command::Publish { repo, name, version, team, description, file } => {
+        Command::Publish {
+            repo,
+            name,
+            version,
+            team,
+            description,
+            file,
+        } => {
             init_tracing(LogFormat::Text);
-            std::fs::create_dir_all(&repo).with_context(|| format!("creating {}", repo.display()))?;
+            std::fs::create_dir_all(&repo)
+                .with_context(|| format!("creating {}", repo.display()))?;
             let repository = Repository::open(&repo)?;
-            let (key, manifest) =
-                repository.publish(&PublishRequest { name, version, source: file, team, description })?;
+            let (key, manifest) = repository.publish(&PublishRequest {
+                name,
+                version,
+                source: file,
+                team,
+                description,
+            })?;
             println!("published {key}");
             println!("{}", serde_json::to_string_pretty(&manifest)?);
             Ok(ExitCode::SUCCESS)
@@ -104,7 +127,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }
             }
             println!("{} versions checked, {failures} failed", reports.len());
-            Ok(if failures == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if failures == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }
@@ -115,7 +142,9 @@ fn start(args: &RouterArgs) -> anyhow::Result<(Config, tokio::runtime::Runtime)>
     let config = Config::resolve(args);
     init_tracing(config.log_format);
     tracing::info!(config = %serde_json::to_string(&config)?, "configuration");
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     Ok((config, runtime))
 }
 
@@ -125,10 +154,17 @@ fn build_service(config: Config) -> anyhow::Result<ModelService> {
 
 /// Logs go to stderr (stdout carries `invoke`'s answer and the EMF metrics).
 fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
         LogFormat::Text => builder.try_init(),
     };
 }

@@ -24,7 +24,11 @@ static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
 
 /// Serves HTTP on `listener` until `shutdown` resolves, then finishes the
 /// requests in flight.
-pub async fn serve(listener: TcpListener, service: ModelService, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    service: ModelService,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let max_body = service.config().max_request_bytes;
     let app = axum::Router::new()
         .fallback(front_door)
@@ -32,15 +36,26 @@ pub async fn serve(listener: TcpListener, service: ModelService, shutdown: impl 
         // default limit is lifted.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(ServerState { service, max_body });
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 async fn front_door(State(state): State<ServerState>, request: Request) -> Response {
     let (mut parts, body) = request.into_parts();
     let too_large = |size: usize| {
-        to_axum(error_response(&Error::Request(RequestError::PayloadTooLarge { size, limit: state.max_body })))
+        to_axum(error_response(&Error::Request(
+            RequestError::PayloadTooLarge {
+                size,
+                limit: state.max_body,
+            },
+        )))
     };
-    let declared = parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
     if let Some(size) = declared.filter(|size| *size > state.max_body) {
         return too_large(size);
     }

@@ -9,9 +9,14 @@ use serde::Serialize;
 
 use crate::cache::{CacheOutcome, CacheStatus, Lease, ModelCache};
 use crate::config::Config;
-use crate::engine::{Engine, EngineConfig, EngineError, LoadedModel, ModelFormat, OutputValue, Signature, Tensor};
+use crate::engine::{
+    Engine, EngineConfig, EngineError, LoadedModel, ModelFormat, OutputValue, Signature, Tensor,
+};
 use crate::error::Error;
-use crate::repository::{Manifest, ModelKey, ModelName, Repository, RepositoryError, ResolvedModel, Staging, StagingStats};
+use crate::repository::{
+    Manifest, ModelKey, ModelName, Repository, RepositoryError, ResolvedModel, Staging,
+    StagingStats,
+};
 
 /// A loaded model as the cache holds it.
 pub struct Model {
@@ -77,7 +82,10 @@ impl ModelService {
         let repository = Repository::open(&config.model_root)?;
         let staging = Staging::open(&config.staging_dir, config.staging_bytes)?;
         let dylib_path = crate::engine::find_library(config.ort_dylib_path.as_deref())?;
-        let engine = Engine::init(&EngineConfig { dylib_path, intra_threads: config.intra_threads })?;
+        let engine = Engine::init(&EngineConfig {
+            dylib_path,
+            intra_threads: config.intra_threads,
+        })?;
         let cache = ModelCache::new(config.cache_bytes);
         Ok(ModelService {
             inner: Arc::new(Inner {
@@ -111,7 +119,11 @@ impl ModelService {
     ///
     /// A concrete version already cached is answered without touching the
     /// repository at all.
-    pub async fn model(&self, name: &str, version: &str) -> Result<(Lease<Model>, LoadInfo), Error> {
+    pub async fn model(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<(Lease<Model>, LoadInfo), Error> {
         let name = ModelName::new(name)?;
         let direct = ModelKey::from_parts(name.clone(), version.to_string())?;
         if let Some(lease) = self.inner.cache.get(&direct) {
@@ -151,13 +163,23 @@ impl ModelService {
         let (lease, outcome) = self
             .inner
             .cache
-            .get_or_load(&key, || async move { blocking(move || service.load_blocking(resolved)).await? })
+            .get_or_load(&key, || async move {
+                blocking(move || service.load_blocking(resolved)).await?
+            })
             .await?;
         let model = lease.value();
         let info = LoadInfo {
             outcome,
-            stage_ms: if outcome == CacheOutcome::Miss { model.stage_ms } else { 0.0 },
-            load_ms: if outcome == CacheOutcome::Miss { model.load_ms } else { 0.0 },
+            stage_ms: if outcome == CacheOutcome::Miss {
+                model.stage_ms
+            } else {
+                0.0
+            },
+            load_ms: if outcome == CacheOutcome::Miss {
+                model.load_ms
+            } else {
+                0.0
+            },
             staged_reused: model.staged_reused,
             model_bytes: lease.bytes(),
         };
@@ -178,7 +200,10 @@ impl ModelService {
             .into());
         }
         let format = ModelFormat::from_file_name(&resolved.manifest.file).ok_or_else(|| {
-            RepositoryError::InvalidManifest { key: key.to_string(), reason: "file must end in .ort or .onnx".into() }
+            RepositoryError::InvalidManifest {
+                key: key.to_string(),
+                reason: "file must end in .ort or .onnx".into(),
+            }
         })?;
         let hashes_before = inner.staging.stats().hashes;
         let started = Instant::now();
@@ -192,7 +217,17 @@ impl ModelService {
         let load_ms = started.elapsed().as_secs_f64() * 1e3;
         let bytes = loaded.footprint_bytes();
         tracing::info!(model = %key, bytes, stage_ms, load_ms, staged_reused, "model loaded");
-        Ok((Model { key, manifest: resolved.manifest, loaded, staged_reused, stage_ms, load_ms }, bytes))
+        Ok((
+            Model {
+                key,
+                manifest: resolved.manifest,
+                loaded,
+                staged_reused,
+                stage_ms,
+                load_ms,
+            },
+            bytes,
+        ))
     }
 
     /// Runs `name`/`version` on `inputs`, giving `outputs` (all when `None`).
@@ -207,8 +242,14 @@ impl ModelService {
         let key = lease.key().clone();
         // The lease moves into the blocking task: the model stays alive (and
         // counted) until the run ends, even if it is evicted meanwhile.
-        let outputs = blocking(move || lease.value().loaded.run(inputs, outputs.as_deref())).await??;
-        Ok(Prediction { key, outputs, load, inference_ms: started.elapsed().as_secs_f64() * 1e3 })
+        let outputs =
+            blocking(move || lease.value().loaded.run(inputs, outputs.as_deref())).await??;
+        Ok(Prediction {
+            key,
+            outputs,
+            load,
+            inference_ms: started.elapsed().as_secs_f64() * 1e3,
+        })
     }
 
     /// Loads each model, reporting every outcome; never stops at the first failure.
@@ -222,7 +263,11 @@ impl ModelService {
             };
             match outcome {
                 Ok(()) => warmed.push(spec.clone()),
-                Err(e) => failed.push(WarmFailure { model: spec.clone(), code: e.code(), error: e.to_string() }),
+                Err(e) => failed.push(WarmFailure {
+                    model: spec.clone(),
+                    code: e.code(),
+                    error: e.to_string(),
+                }),
             }
         }
         (warmed, failed)
@@ -238,18 +283,30 @@ impl ModelService {
             tracing::error!(model = %failure.model, code = failure.code, error = %failure.error, "preload failed");
         }
         tracing::info!(warmed = ?warmed, failed = failed.len(), "preload done");
-        *self.inner.preload_failures.lock().unwrap_or_else(|p| p.into_inner()) = failed;
+        *self
+            .inner
+            .preload_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = failed;
     }
 
     pub fn preload_failures(&self) -> Vec<WarmFailure> {
-        self.inner.preload_failures.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.inner
+            .preload_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Evicts models from memory. Returns the ones that were cached.
     pub fn evict(&self, models: &[String]) -> Vec<String> {
         models
             .iter()
-            .filter(|spec| ModelKey::parse(spec).map(|key| self.inner.cache.evict(&key)).unwrap_or(false))
+            .filter(|spec| {
+                ModelKey::parse(spec)
+                    .map(|key| self.inner.cache.evict(&key))
+                    .unwrap_or(false)
+            })
             .cloned()
             .collect()
     }
@@ -260,16 +317,27 @@ impl ModelService {
     }
 
     /// The signature of a model, loading it if needed.
-    pub async fn signature(&self, name: &str, version: &str) -> Result<(ModelKey, Signature), Error> {
+    pub async fn signature(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<(ModelKey, Signature), Error> {
         let (lease, _) = self.model(name, version).await?;
-        Ok((lease.key().clone(), lease.value().loaded.signature().clone()))
+        Ok((
+            lease.key().clone(),
+            lease.value().loaded.signature().clone(),
+        ))
     }
 }
 
 /// Runs blocking work (file I/O, hashing, ONNX Runtime) off the async threads.
 /// A panic in it becomes an error for this request, not a crash.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| Error::Engine(EngineError::Inference(format!("internal error in a worker thread: {e}"))))
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| {
+        Error::Engine(EngineError::Inference(format!(
+            "internal error in a worker thread: {e}"
+        )))
+    })
 }

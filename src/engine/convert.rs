@@ -9,7 +9,10 @@ use ort::value::{
     Tensor as OrtTensor, TensorElementType, Value, ValueType,
 };
 
-use super::{Dim, ElementType, EngineError, MapKey, OutputValue, Signature, Tensor, TensorData, ValueInfo, ValueKind};
+use super::{
+    Dim, ElementType, EngineError, MapKey, OutputValue, Signature, Tensor, TensorData, ValueInfo,
+    ValueKind,
+};
 
 /// The signature of a freshly created session.
 pub(super) fn signature(session: &Session) -> Signature {
@@ -22,7 +25,11 @@ pub(super) fn signature(session: &Session) -> Signature {
 fn value_info(outlet: &Outlet) -> ValueInfo {
     let dtype = outlet.dtype();
     let kind = match dtype {
-        ValueType::Tensor { ty, shape, dimension_symbols } => match element_type(*ty) {
+        ValueType::Tensor {
+            ty,
+            shape,
+            dimension_symbols,
+        } => match element_type(*ty) {
             Some(element_type) => ValueKind::Tensor {
                 element_type,
                 shape: shape
@@ -32,15 +39,27 @@ fn value_info(outlet: &Outlet) -> ValueInfo {
                         Ok(fixed) => Dim::Fixed(fixed),
                         // ONNX Runtime reports dynamic dimensions as -1, with the
                         // model's symbol (`N`, `batch`) when it has one.
-                        Err(_) => Dim::Dynamic(dimension_symbols.get(axis).filter(|s| !s.is_empty()).cloned()),
+                        Err(_) => Dim::Dynamic(
+                            dimension_symbols
+                                .get(axis)
+                                .filter(|s| !s.is_empty())
+                                .cloned(),
+                        ),
                     })
                     .collect(),
             },
-            None => ValueKind::Other { description: onnx_type(dtype) },
+            None => ValueKind::Other {
+                description: onnx_type(dtype),
+            },
         },
-        _ => ValueKind::Other { description: onnx_type(dtype) },
+        _ => ValueKind::Other {
+            description: onnx_type(dtype),
+        },
     };
-    ValueInfo { name: outlet.name().to_owned(), kind }
+    ValueInfo {
+        name: outlet.name().to_owned(),
+        kind,
+    }
 }
 
 /// The router's element type for an ONNX Runtime one; `None` for types the
@@ -70,7 +89,11 @@ fn onnx_type(dtype: &ValueType) -> String {
         ValueType::Tensor { ty, .. } => format!("tensor({})", onnx_element_name(*ty)),
         ValueType::Sequence(inner) => format!("seq({})", onnx_type(inner)),
         ValueType::Map { key, value } => {
-            format!("map({},tensor({}))", onnx_element_name(*key), onnx_element_name(*value))
+            format!(
+                "map({},tensor({}))",
+                onnx_element_name(*key),
+                onnx_element_name(*value)
+            )
         }
         ValueType::Optional(inner) => format!("optional({})", onnx_type(inner)),
     }
@@ -135,7 +158,9 @@ pub(super) fn input_value(name: &str, tensor: Tensor) -> Result<DynValue, Engine
             OrtTensor::from_string_array((shape, v.as_slice())).map(Value::into_dyn)
         }
     };
-    value.map_err(|e| EngineError::Inference(format!("cannot hand input '{name}' to ONNX Runtime: {e}")))
+    value.map_err(|e| {
+        EngineError::Inference(format!("cannot hand input '{name}' to ONNX Runtime: {e}"))
+    })
 }
 
 /// Copies one output (of any nesting the router models) out of ONNX Runtime.
@@ -144,26 +169,40 @@ pub(super) fn output_value(name: &str, value: &DynValue) -> Result<OutputValue, 
     match dtype {
         ValueType::Tensor { ty, .. } => output_tensor(name, value, *ty).map(OutputValue::Tensor),
         ValueType::Sequence(_) => {
-            let items = value.try_extract_sequence::<DynValueTypeMarker>().map_err(|e| extract_error(name, dtype, e))?;
-            items.iter().map(|item| output_value(name, item)).collect::<Result<_, _>>().map(OutputValue::Sequence)
+            let items = value
+                .try_extract_sequence::<DynValueTypeMarker>()
+                .map_err(|e| extract_error(name, dtype, e))?;
+            items
+                .iter()
+                .map(|item| output_value(name, item))
+                .collect::<Result<_, _>>()
+                .map(OutputValue::Sequence)
         }
-        ValueType::Map { key: TensorElementType::Int64, value: values } => {
-            output_map(name, value, *values, MapKey::Int).map(OutputValue::Map)
-        }
-        ValueType::Map { key: TensorElementType::String, value: values } => {
-            output_map(name, value, *values, MapKey::String).map(OutputValue::Map)
-        }
+        ValueType::Map {
+            key: TensorElementType::Int64,
+            value: values,
+        } => output_map(name, value, *values, MapKey::Int).map(OutputValue::Map),
+        ValueType::Map {
+            key: TensorElementType::String,
+            value: values,
+        } => output_map(name, value, *values, MapKey::String).map(OutputValue::Map),
         _ => Err(unsupported(name, dtype)),
     }
 }
 
-fn output_tensor(name: &str, value: &DynValue, ty: TensorElementType) -> Result<Tensor, EngineError> {
+fn output_tensor(
+    name: &str,
+    value: &DynValue,
+    ty: TensorElementType,
+) -> Result<Tensor, EngineError> {
     fn copy<T: PrimitiveTensorElementType + Clone>(
         name: &str,
         value: &DynValue,
         wrap: fn(Vec<T>) -> TensorData,
     ) -> Result<(Vec<usize>, TensorData), EngineError> {
-        let (shape, data) = value.try_extract_tensor::<T>().map_err(|e| extract_error(name, value.dtype(), e))?;
+        let (shape, data) = value
+            .try_extract_tensor::<T>()
+            .map_err(|e| extract_error(name, value.dtype(), e))?;
         Ok((dims(shape), wrap(data.to_vec())))
     }
     let (shape, data) = match ty {
@@ -180,7 +219,9 @@ fn output_tensor(name: &str, value: &DynValue, ty: TensorElementType) -> Result<
         TensorElementType::Float32 => copy(name, value, TensorData::Fp32)?,
         TensorElementType::Float64 => copy(name, value, TensorData::Fp64)?,
         TensorElementType::String => {
-            let (shape, strings) = value.try_extract_strings().map_err(|e| extract_error(name, value.dtype(), e))?;
+            let (shape, strings) = value
+                .try_extract_strings()
+                .map_err(|e| extract_error(name, value.dtype(), e))?;
             (dims(shape), TensorData::Bytes(strings))
         }
         _ => return Err(unsupported(name, value.dtype())),
@@ -195,13 +236,18 @@ fn output_map<K: IntoTensorElementType + Clone + Hash + Eq>(
     values: TensorElementType,
     key: fn(K) -> MapKey,
 ) -> Result<Vec<(MapKey, Tensor)>, EngineError> {
-    fn entries<K: IntoTensorElementType + Clone + Hash + Eq, V: PrimitiveTensorElementType + Clone>(
+    fn entries<
+        K: IntoTensorElementType + Clone + Hash + Eq,
+        V: PrimitiveTensorElementType + Clone,
+    >(
         name: &str,
         value: &DynValue,
         key: fn(K) -> MapKey,
         wrap: fn(Vec<V>) -> TensorData,
     ) -> Result<Vec<(MapKey, Tensor)>, EngineError> {
-        let pairs = value.try_extract_key_values::<K, V>().map_err(|e| extract_error(name, value.dtype(), e))?;
+        let pairs = value
+            .try_extract_key_values::<K, V>()
+            .map_err(|e| extract_error(name, value.dtype(), e))?;
         pairs
             .into_iter()
             .map(|(k, v)| {
@@ -224,13 +270,22 @@ fn output_map<K: IntoTensorElementType + Clone + Hash + Eq>(
 fn dims(shape: &Shape) -> Vec<usize> {
     // Shapes of actual values are never negative; a -1 could only mean an
     // ONNX Runtime bug, and becomes 0 (the element count then fails to match).
-    shape.iter().map(|&dim| usize::try_from(dim).unwrap_or(0)).collect()
+    shape
+        .iter()
+        .map(|&dim| usize::try_from(dim).unwrap_or(0))
+        .collect()
 }
 
 fn unsupported(name: &str, dtype: &ValueType) -> EngineError {
-    EngineError::Inference(format!("output '{name}' has type {}, which this server cannot return", onnx_type(dtype)))
+    EngineError::Inference(format!(
+        "output '{name}' has type {}, which this server cannot return",
+        onnx_type(dtype)
+    ))
 }
 
 fn extract_error(name: &str, dtype: &ValueType, error: ort::Error) -> EngineError {
-    EngineError::Inference(format!("cannot read output '{name}' ({}): {error}", onnx_type(dtype)))
+    EngineError::Inference(format!(
+        "cannot read output '{name}' ({}): {error}",
+        onnx_type(dtype)
+    ))
 }

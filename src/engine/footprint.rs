@@ -21,14 +21,24 @@ pub fn anon_rss_bytes() -> Option<u64> {
 }
 
 fn parse_rss_anon(status: &str) -> Option<u64> {
-    let line = status.lines().find_map(|line| line.strip_prefix("RssAnon:"))?;
+    let line = status
+        .lines()
+        .find_map(|line| line.strip_prefix("RssAnon:"))?;
     let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
     kib.checked_mul(1024)
 }
 
 /// The footprint rule documented on `LoadedModel::footprint_bytes`.
-pub(super) fn footprint_bytes(format: ModelFormat, file_bytes: u64, before: Option<u64>, after: Option<u64>) -> u64 {
-    let Some(grown) = before.zip(after).map(|(before, after)| after.saturating_sub(before)) else {
+pub(super) fn footprint_bytes(
+    format: ModelFormat,
+    file_bytes: u64,
+    before: Option<u64>,
+    after: Option<u64>,
+) -> u64 {
+    let Some(grown) = before
+        .zip(after)
+        .map(|(before, after)| after.saturating_sub(before))
+    else {
         return file_bytes;
     };
     match format {
@@ -52,13 +62,33 @@ mod tests {
     fn footprint_counts_the_mapping_for_ort_and_at_least_the_file_for_onnx() {
         let mib = 1 << 20;
         // .ort: mapping plus what ONNX Runtime allocated.
-        assert_eq!(footprint_bytes(ModelFormat::Ort, 100 * mib, Some(10 * mib), Some(13 * mib)), 103 * mib);
+        assert_eq!(
+            footprint_bytes(ModelFormat::Ort, 100 * mib, Some(10 * mib), Some(13 * mib)),
+            103 * mib
+        );
         // .onnx: the growth when it exceeds the file...
-        assert_eq!(footprint_bytes(ModelFormat::Onnx, 100 * mib, Some(10 * mib), Some(160 * mib)), 150 * mib);
+        assert_eq!(
+            footprint_bytes(
+                ModelFormat::Onnx,
+                100 * mib,
+                Some(10 * mib),
+                Some(160 * mib)
+            ),
+            150 * mib
+        );
         // ...and never less than the file, even if malloc reused freed memory.
-        assert_eq!(footprint_bytes(ModelFormat::Onnx, 100 * mib, Some(10 * mib), Some(40 * mib)), 100 * mib);
-        assert_eq!(footprint_bytes(ModelFormat::Onnx, 100 * mib, Some(50 * mib), Some(40 * mib)), 100 * mib);
+        assert_eq!(
+            footprint_bytes(ModelFormat::Onnx, 100 * mib, Some(10 * mib), Some(40 * mib)),
+            100 * mib
+        );
+        assert_eq!(
+            footprint_bytes(ModelFormat::Onnx, 100 * mib, Some(50 * mib), Some(40 * mib)),
+            100 * mib
+        );
         // No /proc: the file's size.
-        assert_eq!(footprint_bytes(ModelFormat::Ort, 100 * mib, None, None), 100 * mib);
+        assert_eq!(
+            footprint_bytes(ModelFormat::Ort, 100 * mib, None, None),
+            100 * mib
+        );
     }
 }

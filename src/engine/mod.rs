@@ -110,7 +110,9 @@ pub fn find_library(explicit: Option<&Path>) -> Result<PathBuf, EngineError> {
             return Ok(found);
         }
     }
-    let cached = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/onnxruntime/1.32.0").join(LIBRARY_NAME);
+    let cached = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".cache/onnxruntime/1.32.0")
+        .join(LIBRARY_NAME);
     if cached.is_file() {
         return Ok(cached);
     }
@@ -130,8 +132,11 @@ fn library_in(dir: &Path) -> Option<PathBuf> {
         .filter_map(|path| {
             let name = path.file_name()?.to_str()?;
             // Compared as numbers so that 1.32.0 outranks 1.9.0.
-            let version: Vec<u64> =
-                name.strip_prefix(&versioned_prefix)?.split('.').map(|part| part.parse().ok()).collect::<Option<_>>()?;
+            let version: Vec<u64> = name
+                .strip_prefix(&versioned_prefix)?
+                .split('.')
+                .map(|part| part.parse().ok())
+                .collect::<Option<_>>()?;
             path.is_file().then_some((version, path))
         })
         .max()
@@ -162,7 +167,9 @@ pub struct Engine {
 
 impl fmt::Debug for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Engine").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Engine")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -199,9 +206,12 @@ impl Engine {
     }
 
     fn create(config: &EngineConfig) -> Result<Engine, EngineError> {
-        let library_error = |reason: String| EngineError::Library { path: config.dylib_path.clone(), reason };
-        let builder =
-            ort::init_from(&config.dylib_path).map_err(|e| library_error(format!("{e}; {LIBRARY_HINT}")))?;
+        let library_error = |reason: String| EngineError::Library {
+            path: config.dylib_path.clone(),
+            reason,
+        };
+        let builder = ort::init_from(&config.dylib_path)
+            .map_err(|e| library_error(format!("{e}; {LIBRARY_HINT}")))?;
         // Inter-op threads only serve parallel execution mode, which no session
         // uses; one means "no extra pool". Spinning is off because requests come
         // in bursts on one or two vCPUs: a spinning idle pool burns the CPU the
@@ -210,18 +220,29 @@ impl Engine {
             .with_intra_threads(config.intra_threads)
             .and_then(|pool| pool.with_inter_threads(1))
             .and_then(|pool| pool.with_spin_control(false))
-            .map_err(|e| library_error(format!("ONNX Runtime rejected the thread pool options: {e}")))?;
+            .map_err(|e| {
+                library_error(format!(
+                    "ONNX Runtime rejected the thread pool options: {e}"
+                ))
+            })?;
         let env = builder
             .with_name("model-router")
             .with_telemetry(false)
             .with_global_thread_pool(pool)
             .with_logger(Arc::new(forward_ort_log))
             .build()
-            .map_err(|e| library_error(format!("ONNX Runtime loaded, but creating its environment failed: {e}")))?;
+            .map_err(|e| {
+                library_error(format!(
+                    "ONNX Runtime loaded, but creating its environment failed: {e}"
+                ))
+            })?;
         // A custom logger makes ort ask for verbose logs; ONNX Runtime formats
         // every message at or above this level, so keep it to warnings.
         env.set_log_level(LogLevel::Warning);
-        Ok(Engine { env, config: Arc::new(config.clone()) })
+        Ok(Engine {
+            env,
+            config: Arc::new(config.clone()),
+        })
     }
 
     /// Maps the verified local file at `path` read-only (memmap2) and creates a
@@ -240,7 +261,8 @@ impl Engine {
     /// removes while the model is loaded: the staging directory's verified copy,
     /// never a file on EFS/NFS (DESIGN.md section 7).
     pub fn load(&self, path: &Path, format: ModelFormat) -> Result<LoadedModel, EngineError> {
-        let file = File::open(path).map_err(|e| EngineError::Load(format!("cannot open {}: {e}", path.display())))?;
+        let file = File::open(path)
+            .map_err(|e| EngineError::Load(format!("cannot open {}: {e}", path.display())))?;
         // SAFETY: a mapping is only sound while no one changes the file under it
         // (a truncation turns reads into SIGBUS). The caller guarantees this file
         // is a private, verified copy in the staging directory that nothing
@@ -272,12 +294,25 @@ impl Engine {
             // ONNX Runtime copied what it needs: give the address space back now.
             ModelFormat::Onnx => None,
         };
-        Ok(LoadedModel { session: Mutex::new(session), signature, format, footprint, _mapping: mapping })
+        Ok(LoadedModel {
+            session: Mutex::new(session),
+            signature,
+            format,
+            footprint,
+            _mapping: mapping,
+        })
     }
 
-    fn create_session(&self, model_bytes: &[u8], format: ModelFormat) -> Result<Session, EngineError> {
+    fn create_session(
+        &self,
+        model_bytes: &[u8],
+        format: ModelFormat,
+    ) -> Result<Session, EngineError> {
         let commit = || -> ort::Result<Session> {
-            let cpu = ep::CPU::default().with_arena_allocator(false).build().error_on_failure();
+            let cpu = ep::CPU::default()
+                .with_arena_allocator(false)
+                .build()
+                .error_on_failure();
             let mut builder = Session::builder(&self.env)?.with_execution_providers([cpu])?;
             if format == ModelFormat::Ort {
                 builder = builder
@@ -318,14 +353,26 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
 
 /// ONNX Runtime's own log lines, as `tracing` events with target `onnxruntime`,
 /// so they come out in the process's log format (JSON on Lambda).
-fn forward_ort_log(level: LogLevel, category: &str, _logger_id: &str, code_location: &str, message: &str) {
+fn forward_ort_log(
+    level: LogLevel,
+    category: &str,
+    _logger_id: &str,
+    code_location: &str,
+    message: &str,
+) {
     match level {
         LogLevel::Fatal | LogLevel::Error => {
             tracing::error!(target: "onnxruntime", category, code_location, "{message}")
         }
-        LogLevel::Warning => tracing::warn!(target: "onnxruntime", category, code_location, "{message}"),
-        LogLevel::Info => tracing::debug!(target: "onnxruntime", category, code_location, "{message}"),
-        LogLevel::Verbose => tracing::trace!(target: "onnxruntime", category, code_location, "{message}"),
+        LogLevel::Warning => {
+            tracing::warn!(target: "onnxruntime", category, code_location, "{message}")
+        }
+        LogLevel::Info => {
+            tracing::debug!(target: "onnxruntime", category, code_location, "{message}")
+        }
+        LogLevel::Verbose => {
+            tracing::trace!(target: "onnxruntime", category, code_location, "{message}")
+        }
     }
 }
 
@@ -460,13 +507,19 @@ impl LoadedModel {
             let value = convert::input_value(&name, tensor)?;
             ort_inputs.push((Cow::Owned(name), value));
         }
-        let selector = output_names.iter().fold(OutputSelector::no_default(), |selector, name| selector.with(*name));
+        let selector = output_names
+            .iter()
+            .fold(OutputSelector::no_default(), |selector, name| {
+                selector.with(*name)
+            });
         let options = RunOptions::new()
             .map_err(|e| EngineError::Inference(format!("cannot create run options: {e}")))?
             .with_outputs(selector);
 
         let mut session = self.session.lock().unwrap_or_else(PoisonError::into_inner);
-        let results = session.run_with_options(ort_inputs, &options).map_err(run_error)?;
+        let results = session
+            .run_with_options(ort_inputs, &options)
+            .map_err(run_error)?;
         // Converted while the session is locked: ort's outputs borrow it.
         results
             .into_iter()
@@ -476,9 +529,13 @@ impl LoadedModel {
 
     fn check_inputs(&self, inputs: &[(String, Tensor)]) -> Result<(), EngineError> {
         let expected = &self.signature.inputs;
+        // Named dynamic dimensions seen so far: symbol -> (size, input that set it).
+        let mut symbols: Vec<(&str, usize, &str)> = Vec::new();
         for (i, (name, tensor)) in inputs.iter().enumerate() {
             if inputs[..i].iter().any(|(earlier, _)| earlier == name) {
-                return Err(EngineError::InvalidInput(format!("input '{name}' is given more than once")));
+                return Err(EngineError::InvalidInput(format!(
+                    "input '{name}' is given more than once"
+                )));
             }
             let Some(info) = expected.iter().find(|info| info.name == *name) else {
                 return Err(EngineError::InvalidInput(format!(
@@ -487,8 +544,12 @@ impl LoadedModel {
                 )));
             };
             check_tensor(info, tensor)?;
+            check_named_dims(info, tensor, &mut symbols)?;
         }
-        if let Some(missing) = expected.iter().find(|info| !inputs.iter().any(|(name, _)| *name == info.name)) {
+        if let Some(missing) = expected
+            .iter()
+            .find(|info| !inputs.iter().any(|(name, _)| *name == info.name))
+        {
             return Err(EngineError::InvalidInput(format!(
                 "missing input '{}': expected {}",
                 missing.name,
@@ -498,7 +559,10 @@ impl LoadedModel {
         Ok(())
     }
 
-    fn select_outputs<'a>(&'a self, requested: Option<&'a [String]>) -> Result<Vec<&'a str>, EngineError> {
+    fn select_outputs<'a>(
+        &'a self,
+        requested: Option<&'a [String]>,
+    ) -> Result<Vec<&'a str>, EngineError> {
         let known = &self.signature.outputs;
         let Some(requested) = requested else {
             return Ok(known.iter().map(|info| info.name.as_str()).collect());
@@ -511,7 +575,9 @@ impl LoadedModel {
                 )));
             }
             if requested[..i].contains(name) {
-                return Err(EngineError::InvalidInput(format!("output '{name}' is requested more than once")));
+                return Err(EngineError::InvalidInput(format!(
+                    "output '{name}' is requested more than once"
+                )));
             }
         }
         Ok(requested.iter().map(String::as_str).collect())
@@ -522,7 +588,11 @@ impl LoadedModel {
 /// message names the first thing that is wrong.
 fn check_tensor(info: &ValueInfo, tensor: &Tensor) -> Result<(), EngineError> {
     let name = &info.name;
-    let ValueKind::Tensor { element_type, shape } = &info.kind else {
+    let ValueKind::Tensor {
+        element_type,
+        shape,
+    } = &info.kind
+    else {
         return Err(EngineError::InvalidInput(format!(
             "input '{name}' is {}, which this server cannot send; only tensor inputs are supported",
             describe_kind(&info.kind)
@@ -557,6 +627,37 @@ fn check_tensor(info: &ValueInfo, tensor: &Tensor) -> Result<(), EngineError> {
     Ok(())
 }
 
+/// ONNX gives one size to every dimension with the same name in a graph: two
+/// inputs declared `[batch, 2]` must agree on `batch`. ONNX Runtime does not
+/// check this before running; a kernel then fails with a generic error that
+/// would read as a server fault, so it is checked here.
+fn check_named_dims<'a>(
+    info: &'a ValueInfo,
+    tensor: &Tensor,
+    symbols: &mut Vec<(&'a str, usize, &'a str)>,
+) -> Result<(), EngineError> {
+    let ValueKind::Tensor { shape, .. } = &info.kind else {
+        return Ok(());
+    };
+    for (axis, (dim, &got)) in shape.iter().zip(tensor.shape()).enumerate() {
+        let Dim::Dynamic(Some(symbol)) = dim else {
+            continue;
+        };
+        match symbols.iter().find(|(seen, _, _)| seen == symbol) {
+            Some(&(_, size, first)) if size != got => {
+                return Err(EngineError::InvalidInput(format!(
+                    "input '{}' dimension {axis} ('{symbol}') is {got}, but input '{first}' has '{symbol}' = {size}; \
+                     inputs sharing a named dimension must agree",
+                    info.name
+                )));
+            }
+            Some(_) => {}
+            None => symbols.push((symbol, got, &info.name)),
+        }
+    }
+    Ok(())
+}
+
 /// ONNX Runtime's own input checks (e.g. two inputs whose shared dimension
 /// differs) fail with INVALID_ARGUMENT: the caller's fault, not the server's.
 fn run_error(error: ort::Error) -> EngineError {
@@ -571,7 +672,10 @@ fn run_error(error: ort::Error) -> EngineError {
 /// Runtime's rendering for anything else.
 fn describe_kind(kind: &ValueKind) -> String {
     match kind {
-        ValueKind::Tensor { element_type, shape } => format!("{element_type} {}", describe_dims(shape)),
+        ValueKind::Tensor {
+            element_type,
+            shape,
+        } => format!("{element_type} {}", describe_dims(shape)),
         ValueKind::Other { description } => description.clone(),
     }
 }
@@ -590,7 +694,9 @@ fn describe_dims(shape: &[Dim]) -> String {
 
 /// `features (float32 [N, 4]), mask (bool [N])`
 fn describe_values(values: &[ValueInfo]) -> String {
-    let described: Vec<String> =
-        values.iter().map(|info| format!("{} ({})", info.name, describe_kind(&info.kind))).collect();
+    let described: Vec<String> = values
+        .iter()
+        .map(|info| format!("{} ({})", info.name, describe_kind(&info.kind)))
+        .collect();
     described.join(", ")
 }

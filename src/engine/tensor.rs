@@ -176,7 +176,11 @@ impl Tensor {
     pub fn new(shape: Vec<usize>, data: TensorData) -> Result<Tensor, ShapeMismatch> {
         let expected = shape.iter().product::<usize>();
         if expected != data.len() {
-            return Err(ShapeMismatch { shape, expected, actual: data.len() });
+            return Err(ShapeMismatch {
+                shape,
+                expected,
+                actual: data.len(),
+            });
         }
         Ok(Tensor { shape, data })
     }
@@ -237,7 +241,10 @@ pub enum Dim {
 /// The declared type of a model input or output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ValueKind {
-    Tensor { element_type: ElementType, shape: Vec<Dim> },
+    Tensor {
+        element_type: ElementType,
+        shape: Vec<Dim>,
+    },
     /// A sequence, map, or other non-tensor type; `description` is ONNX
     /// Runtime's rendering, e.g. `seq(map(int64,tensor(float)))`.
     Other { description: String },

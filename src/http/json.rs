@@ -30,21 +30,31 @@ pub fn flatten<'a>(input: &str, value: &'a Value) -> Result<JsonArray<'a>, Error
     Ok(JsonArray { shape, leaves })
 }
 
-fn collect<'a>(input: &str, value: &'a Value, shape: &[usize], depth: usize, out: &mut Vec<&'a Value>) -> Result<(), Error> {
+fn collect<'a>(
+    input: &str,
+    value: &'a Value,
+    shape: &[usize],
+    depth: usize,
+    out: &mut Vec<&'a Value>,
+) -> Result<(), Error> {
     match (value, shape.get(depth)) {
-        (Value::Array(items), Some(&len)) if items.len() == len => {
-            items.iter().try_for_each(|item| collect(input, item, shape, depth + 1, out))
-        }
+        (Value::Array(items), Some(&len)) if items.len() == len => items
+            .iter()
+            .try_for_each(|item| collect(input, item, shape, depth + 1, out)),
         (Value::Array(items), Some(&len)) => Err(invalid(format!(
             "input {input:?} is ragged: an array at depth {depth} has {} elements where the first had {len}",
             items.len()
         ))),
-        (Value::Array(_), None) => Err(invalid(format!("input {input:?} is ragged: arrays nest deeper than {depth} levels in places"))),
+        (Value::Array(_), None) => Err(invalid(format!(
+            "input {input:?} is ragged: arrays nest deeper than {depth} levels in places"
+        ))),
         (_, None) => {
             out.push(value);
             Ok(())
         }
-        (_, Some(_)) => Err(invalid(format!("input {input:?} is ragged: a scalar stands where an array was expected at depth {depth}"))),
+        (_, Some(_)) => Err(invalid(format!(
+            "input {input:?} is ragged: a scalar stands where an array was expected at depth {depth}"
+        ))),
     }
 }
 
@@ -71,13 +81,21 @@ fn expectation(ty: ElementType) -> &'static str {
     }
 }
 
-fn convert<T>(input: &str, ty: ElementType, leaves: &[&Value], f: impl Fn(&Value) -> Option<T>) -> Result<Vec<T>, Error> {
+fn convert<T>(
+    input: &str,
+    ty: ElementType,
+    leaves: &[&Value],
+    f: impl Fn(&Value) -> Option<T>,
+) -> Result<Vec<T>, Error> {
     leaves
         .iter()
         .enumerate()
         .map(|(i, v)| {
             f(v).ok_or_else(|| {
-                invalid(format!("input {input:?} element {i}: {v} is not valid for {ty}; expected {}", expectation(ty)))
+                invalid(format!(
+                    "input {input:?} element {i}: {v} is not valid for {ty}; expected {}",
+                    expectation(ty)
+                ))
             })
         })
         .collect()
@@ -85,7 +103,10 @@ fn convert<T>(input: &str, ty: ElementType, leaves: &[&Value], f: impl Fn(&Value
 
 fn int<T: TryFrom<i64> + TryFrom<u64>>(v: &Value) -> Option<T> {
     match v {
-        Value::Number(n) => n.as_i64().and_then(|x| T::try_from(x).ok()).or_else(|| n.as_u64().and_then(|x| T::try_from(x).ok())),
+        Value::Number(n) => n
+            .as_i64()
+            .and_then(|x| T::try_from(x).ok())
+            .or_else(|| n.as_u64().and_then(|x| T::try_from(x).ok())),
         _ => None,
     }
 }
@@ -96,7 +117,12 @@ fn float(v: &Value, max: f64) -> Option<f64> {
 
 /// Converts JSON leaves into a tensor of `ty`, refusing any element that does
 /// not fit exactly (300 for uint8, 1e40 for float32, 1.5 for int64).
-pub fn to_tensor(input: &str, shape: Vec<usize>, leaves: &[&Value], ty: ElementType) -> Result<Tensor, Error> {
+pub fn to_tensor(
+    input: &str,
+    shape: Vec<usize>,
+    leaves: &[&Value],
+    ty: ElementType,
+) -> Result<Tensor, Error> {
     let data = match ty {
         ElementType::Bool => TensorData::Bool(convert(input, ty, leaves, Value::as_bool)?),
         ElementType::Int8 => TensorData::Int8(convert(input, ty, leaves, int)?),
@@ -110,9 +136,13 @@ pub fn to_tensor(input: &str, shape: Vec<usize>, leaves: &[&Value], ty: ElementT
         ElementType::Fp16 => TensorData::Fp16(convert(input, ty, leaves, |v| {
             float(v, f64::from(half::f16::MAX)).map(half::f16::from_f64)
         })?),
-        ElementType::Fp32 => TensorData::Fp32(convert(input, ty, leaves, |v| float(v, f64::from(f32::MAX)).map(|x| x as f32))?),
+        ElementType::Fp32 => TensorData::Fp32(convert(input, ty, leaves, |v| {
+            float(v, f64::from(f32::MAX)).map(|x| x as f32)
+        })?),
         ElementType::Fp64 => TensorData::Fp64(convert(input, ty, leaves, Value::as_f64)?),
-        ElementType::Bytes => TensorData::Bytes(convert(input, ty, leaves, |v| v.as_str().map(str::to_string))?),
+        ElementType::Bytes => TensorData::Bytes(convert(input, ty, leaves, |v| {
+            v.as_str().map(str::to_string)
+        })?),
     };
     Ok(Tensor::new(shape, data)?)
 }
@@ -124,7 +154,11 @@ fn f32_json(x: f32) -> Value {
     if !x.is_finite() {
         return Value::Null;
     }
-    format!("{x}").parse::<f64>().ok().and_then(serde_json::Number::from_f64).map_or(Value::Null, Value::Number)
+    format!("{x}")
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map_or(Value::Null, Value::Number)
 }
 
 fn f64_json(x: f64) -> Value {
@@ -196,10 +230,16 @@ pub fn input_tensor(
 ) -> Result<(String, Tensor), Error> {
     let Some(info) = signature.inputs.iter().find(|i| i.name == name) else {
         let names: Vec<_> = signature.inputs.iter().map(describe).collect();
-        return Err(invalid(format!("the model has no input {name:?}; its inputs are: {}", names.join(", "))));
+        return Err(invalid(format!(
+            "the model has no input {name:?}; its inputs are: {}",
+            names.join(", ")
+        )));
     };
     let crate::engine::ValueKind::Tensor { element_type, .. } = &info.kind else {
-        return Err(invalid(format!("input {name:?} is {}, which a JSON request cannot express", describe(info))));
+        return Err(invalid(format!(
+            "input {name:?} is {}, which a JSON request cannot express",
+            describe(info)
+        )));
     };
     if let Some(declared) = declared
         && declared != *element_type
@@ -211,14 +251,20 @@ pub fn input_tensor(
             element_type
         )));
     }
-    Ok((name.to_string(), to_tensor(name, shape, leaves, *element_type)?))
+    Ok((
+        name.to_string(),
+        to_tensor(name, shape, leaves, *element_type)?,
+    ))
 }
 
 /// `name: float32[batch, 4]`, for messages that say what was expected.
 pub fn describe(info: &crate::engine::ValueInfo) -> String {
     use crate::engine::{Dim, ValueKind};
     match &info.kind {
-        ValueKind::Tensor { element_type, shape } => {
+        ValueKind::Tensor {
+            element_type,
+            shape,
+        } => {
             let dims: Vec<String> = shape
                 .iter()
                 .map(|d| match d {
@@ -280,7 +326,10 @@ mod tests {
             let err = tensor(value.clone(), ty).unwrap_err();
             assert_eq!(err.code(), "invalid_input");
             let message = err.to_string();
-            assert!(message.contains("\"x\"") && message.contains(expectation(ty)), "{message}");
+            assert!(
+                message.contains("\"x\"") && message.contains(expectation(ty)),
+                "{message}"
+            );
         }
     }
 
@@ -304,7 +353,10 @@ mod tests {
     #[test]
     fn maps_and_sequences_render_as_objects_and_arrays() {
         let p = |x: f32| Tensor::new(vec![], TensorData::Fp32(vec![x])).unwrap();
-        let zipmap = OutputValue::Sequence(vec![OutputValue::Map(vec![(MapKey::Int(0), p(0.25)), (MapKey::Int(1), p(0.75))])]);
+        let zipmap = OutputValue::Sequence(vec![OutputValue::Map(vec![
+            (MapKey::Int(0), p(0.25)),
+            (MapKey::Int(1), p(0.75)),
+        ])]);
         assert_eq!(output_json(&zipmap), json!([{"0": 0.25, "1": 0.75}]));
     }
 }

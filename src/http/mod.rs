@@ -33,7 +33,11 @@ pub struct RequestRecord {
 /// becomes its JSON body and status.
 pub async fn handle(service: &ModelService, request: Request<Bytes>) -> Response<Bytes> {
     let started = Instant::now();
-    let request_id = request.extensions().get::<RequestId>().map(|id| id.0.clone()).unwrap_or_default();
+    let request_id = request
+        .extensions()
+        .get::<RequestId>()
+        .map(|id| id.0.clone())
+        .unwrap_or_default();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let mut record = RequestRecord::default();
@@ -45,7 +49,9 @@ pub async fn handle(service: &ModelService, request: Request<Bytes>) -> Response
     let code = if response.status().is_success() {
         None
     } else {
-        serde_json::from_slice::<Value>(response.body()).ok().and_then(|b| b["code"].as_str().map(str::to_string))
+        serde_json::from_slice::<Value>(response.body())
+            .ok()
+            .and_then(|b| b["code"].as_str().map(str::to_string))
     };
     tracing::info!(
         request_id,
@@ -102,7 +108,11 @@ fn percent_decode(segment: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-async fn route(service: &ModelService, request: &Request<Bytes>, record: &mut RequestRecord) -> Result<(StatusCode, Value), Error> {
+async fn route(
+    service: &ModelService,
+    request: &Request<Bytes>,
+    record: &mut RequestRecord,
+) -> Result<(StatusCode, Value), Error> {
     let parts = segments(request.uri().path())?;
     let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
     let method = request.method();
@@ -131,7 +141,11 @@ async fn route(service: &ModelService, request: &Request<Bytes>, record: &mut Re
             simple::predict(service, name, version, body, record).await
         }
         ["v2", rest @ ..] => v2::route(service, method, rest, body, record, &only).await,
-        _ => Err(RequestError::RouteNotFound { method: method.to_string(), path: request.uri().path().to_string() }.into()),
+        _ => Err(RequestError::RouteNotFound {
+            method: method.to_string(),
+            path: request.uri().path().to_string(),
+        }
+        .into()),
     }
 }
 
@@ -178,7 +192,10 @@ pub fn json_response(status: StatusCode, body: &Value) -> Response<Bytes> {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     let mut response = Response::new(Bytes::from(bytes));
     *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -192,10 +209,16 @@ mod tests {
 
     #[test]
     fn decodes_segments_and_rejects_bad_escapes() {
-        assert_eq!(segments("/models/a%2Eb/1/predict").unwrap(), ["models", "a.b", "1", "predict"]);
+        assert_eq!(
+            segments("/models/a%2Eb/1/predict").unwrap(),
+            ["models", "a.b", "1", "predict"]
+        );
         assert_eq!(segments("/models/%2e%2e/1/predict").unwrap()[1], "..");
         assert_eq!(segments("/models/a%2Fb/1/predict").unwrap()[1], "a/b");
-        assert_eq!(segments("/v2/health/live/").unwrap(), ["v2", "health", "live"]);
+        assert_eq!(
+            segments("/v2/health/live/").unwrap(),
+            ["v2", "health", "live"]
+        );
         assert!(segments("/models/%zz/1/predict").is_err());
         assert!(segments("/models/%ff/1/predict").is_err());
         assert!(segments("/models/%2/1").is_err());

@@ -21,13 +21,19 @@ enum Body<'a> {
 fn parse(body: &Value) -> Result<Body<'_>, Error> {
     let expected = r#"expected {"features": [...]} or {"inputs": {"<input name>": [...]}}"#;
     let Some(object) = body.as_object() else {
-        return Err(invalid(format!("the body is not a JSON object; {expected}")));
+        return Err(invalid(format!(
+            "the body is not a JSON object; {expected}"
+        )));
     };
     match (object.get("features"), object.get("inputs")) {
         (Some(features), None) => {
             let mut array = flatten("features", features)?;
             match array.shape.len() {
-                0 => return Err(invalid(format!("\"features\" must be an array; {expected}"))),
+                0 => {
+                    return Err(invalid(format!(
+                        "\"features\" must be an array; {expected}"
+                    )));
+                }
                 // One row: the original handler's form, which added the batch dimension.
                 1 => array.shape.insert(0, 1),
                 _ => {}
@@ -35,12 +41,19 @@ fn parse(body: &Value) -> Result<Body<'_>, Error> {
             Ok(Body::Features(array))
         }
         (None, Some(Value::Object(inputs))) => {
-            let parsed = inputs.iter().map(|(name, value)| Ok((name.as_str(), flatten(name, value)?))).collect::<Result<_, Error>>()?;
+            let parsed = inputs
+                .iter()
+                .map(|(name, value)| Ok((name.as_str(), flatten(name, value)?)))
+                .collect::<Result<_, Error>>()?;
             Ok(Body::Inputs(parsed))
         }
         (None, Some(_)) => Err(invalid(format!("\"inputs\" must be an object; {expected}"))),
-        (Some(_), Some(_)) => Err(invalid(format!("give \"features\" or \"inputs\", not both; {expected}"))),
-        (None, None) => Err(invalid(format!("the body has neither \"features\" nor \"inputs\"; {expected}"))),
+        (Some(_), Some(_)) => Err(invalid(format!(
+            "give \"features\" or \"inputs\", not both; {expected}"
+        ))),
+        (None, None) => Err(invalid(format!(
+            "the body has neither \"features\" nor \"inputs\"; {expected}"
+        ))),
     }
 }
 
@@ -52,7 +65,8 @@ pub(super) async fn predict(
     record: &mut RequestRecord,
 ) -> Result<(StatusCode, Value), Error> {
     // Everything checkable without the model is checked before it is loaded.
-    let body: Value = serde_json::from_slice(body).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
+    let body: Value =
+        serde_json::from_slice(body).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
     let parsed = parse(&body)?;
     let (lease, load) = service.model(name, version).await?;
     record.load = Some(load);
@@ -68,7 +82,13 @@ pub(super) async fn predict(
                     names.join(", ")
                 )));
             };
-            vec![input_tensor(signature, &only.name, array.shape, &array.leaves, None)?]
+            vec![input_tensor(
+                signature,
+                &only.name,
+                array.shape,
+                &array.leaves,
+                None,
+            )?]
         }
         Body::Inputs(inputs) => inputs
             .into_iter()
@@ -77,7 +97,11 @@ pub(super) async fn predict(
     };
     let prediction = service.predict(lease, load, inputs, None).await?;
     record.inference_ms = Some(prediction.inference_ms);
-    let outputs: Map<String, Value> = prediction.outputs.iter().map(|(name, value)| (name.clone(), output_json(value))).collect();
+    let outputs: Map<String, Value> = prediction
+        .outputs
+        .iter()
+        .map(|(name, value)| (name.clone(), output_json(value)))
+        .collect();
     let first = outputs.values().next().cloned().unwrap_or(Value::Null);
     Ok((
         StatusCode::OK,

@@ -52,7 +52,10 @@ pub(super) async fn route(
     match rest {
         [] => {
             only(Method::GET, "GET")?;
-            Ok((StatusCode::OK, json!({"name": "model-router", "version": env!("CARGO_PKG_VERSION"), "extensions": []})))
+            Ok((
+                StatusCode::OK,
+                json!({"name": "model-router", "version": env!("CARGO_PKG_VERSION"), "extensions": []}),
+            ))
         }
         ["health", "live"] => {
             only(Method::GET, "GET")?;
@@ -93,13 +96,20 @@ pub(super) async fn route(
 }
 
 fn not_found(method: &Method, rest: &[&str]) -> Error {
-    RequestError::RouteNotFound { method: method.to_string(), path: format!("/v2/{}", rest.join("/")) }.into()
+    RequestError::RouteNotFound {
+        method: method.to_string(),
+        path: format!("/v2/{}", rest.join("/")),
+    }
+    .into()
 }
 
 /// A V2 tensor description: `{"name", "datatype", "shape"}`, -1 for dynamic dimensions.
 fn tensor_metadata(info: &ValueInfo) -> Value {
     match &info.kind {
-        ValueKind::Tensor { element_type, shape } => {
+        ValueKind::Tensor {
+            element_type,
+            shape,
+        } => {
             let shape: Vec<i64> = shape
                 .iter()
                 .map(|d| match d {
@@ -115,7 +125,11 @@ fn tensor_metadata(info: &ValueInfo) -> Value {
     }
 }
 
-async fn metadata(service: &ModelService, name: &str, version: &str) -> Result<(StatusCode, Value), Error> {
+async fn metadata(
+    service: &ModelService,
+    name: &str,
+    version: &str,
+) -> Result<(StatusCode, Value), Error> {
     let (key, signature) = service.signature(name, version).await?;
     let Signature { inputs, outputs } = signature;
     let repository = service.repository().clone();
@@ -137,13 +151,18 @@ async fn metadata(service: &ModelService, name: &str, version: &str) -> Result<(
 
 /// Ready when the version resolves to a readable manifest; loading happens on
 /// first use (or a warm), so readiness does not load the model.
-async fn ready(service: &ModelService, name: &str, version: &str) -> Result<(StatusCode, Value), Error> {
+async fn ready(
+    service: &ModelService,
+    name: &str,
+    version: &str,
+) -> Result<(StatusCode, Value), Error> {
     let name_checked = crate::repository::ModelName::new(name)?;
     let repository = service.repository().clone();
     let version_owned = version.to_string();
-    let resolved = tokio::task::spawn_blocking(move || repository.resolve(&name_checked, &version_owned))
-        .await
-        .map_err(|e| Error::Engine(crate::engine::EngineError::Inference(e.to_string())))??;
+    let resolved =
+        tokio::task::spawn_blocking(move || repository.resolve(&name_checked, &version_owned))
+            .await
+            .map_err(|e| Error::Engine(crate::engine::EngineError::Inference(e.to_string())))??;
     Ok((
         StatusCode::OK,
         json!({"name": name, "version": resolved.key.version(), "ready": true, "loaded": service.is_cached(&resolved.key)}),
@@ -157,11 +176,16 @@ async fn infer(
     body: &[u8],
     record: &mut RequestRecord,
 ) -> Result<(StatusCode, Value), Error> {
-    let request: InferRequest = serde_json::from_slice(body).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
+    let request: InferRequest =
+        serde_json::from_slice(body).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
     // Check what needs no model first.
     let mut parsed = Vec::with_capacity(request.inputs.len());
     for input in &request.inputs {
-        if input.parameters.as_ref().is_some_and(|p| p.contains_key("binary_data_size")) {
+        if input
+            .parameters
+            .as_ref()
+            .is_some_and(|p| p.contains_key("binary_data_size"))
+        {
             return Err(invalid(format!(
                 "input {:?} uses the binary tensor extension, which model-router does not support; send JSON data (tritonclient: binary_data=False)",
                 input.name
@@ -178,9 +202,19 @@ async fn infer(
         let shape = input
             .shape
             .iter()
-            .map(|&d| usize::try_from(d).map_err(|_| invalid(format!("input {:?} has a negative dimension in shape {:?}", input.name, input.shape))))
+            .map(|&d| {
+                usize::try_from(d).map_err(|_| {
+                    invalid(format!(
+                        "input {:?} has a negative dimension in shape {:?}",
+                        input.name, input.shape
+                    ))
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        let data = input.data.as_ref().ok_or_else(|| invalid(format!("input {:?} has no \"data\"", input.name)))?;
+        let data = input
+            .data
+            .as_ref()
+            .ok_or_else(|| invalid(format!("input {:?} has no \"data\"", input.name)))?;
         let array = flatten(&input.name, data)?;
         let expected = shape.iter().product::<usize>();
         if array.leaves.len() != expected {
@@ -199,12 +233,20 @@ async fn infer(
     let signature = lease.value().loaded.signature();
     let inputs = parsed
         .into_iter()
-        .map(|(name, shape, leaves, datatype)| input_tensor(signature, name, shape, &leaves, Some(datatype)))
+        .map(|(name, shape, leaves, datatype)| {
+            input_tensor(signature, name, shape, &leaves, Some(datatype))
+        })
         .collect::<Result<Vec<_>, _>>()?;
-    let wanted = request.outputs.map(|outputs| outputs.into_iter().map(|o| o.name).collect());
+    let wanted = request
+        .outputs
+        .map(|outputs| outputs.into_iter().map(|o| o.name).collect());
     let prediction = service.predict(lease, load, inputs, wanted).await?;
     record.inference_ms = Some(prediction.inference_ms);
-    let outputs: Vec<Value> = prediction.outputs.iter().map(|(name, value)| output_tensor(name, value)).collect();
+    let outputs: Vec<Value> = prediction
+        .outputs
+        .iter()
+        .map(|(name, value)| output_tensor(name, value))
+        .collect();
     let mut response = json!({
         "model_name": prediction.key.name().as_str(),
         "model_version": prediction.key.version(),

@@ -11,18 +11,26 @@ pub const MAX_SEGMENT_LEN: usize = 128;
 /// or `..`. Everything that can leave a directory (`/`, `\`, `..`, NUL, an
 /// absolute path, an empty string) fails here.
 pub fn validate_segment(what: &'static str, value: &str) -> Result<(), RepositoryError> {
-    let invalid = |reason| RepositoryError::InvalidName { what, value: value.to_string(), reason };
+    let invalid = |reason| RepositoryError::InvalidName {
+        what,
+        value: value.to_string(),
+        reason,
+    };
     let mut chars = value.chars();
     match chars.next() {
         None => return Err(invalid("it is empty")),
-        Some(c) if !c.is_ascii_alphanumeric() => return Err(invalid("it must start with a letter or digit")),
+        Some(c) if !c.is_ascii_alphanumeric() => {
+            return Err(invalid("it must start with a letter or digit"));
+        }
         Some(_) => {}
     }
     if value.len() > MAX_SEGMENT_LEN {
         return Err(invalid("it is longer than 128 characters"));
     }
     if !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
-        return Err(invalid("only letters, digits, '.', '_' and '-' are allowed"));
+        return Err(invalid(
+            "only letters, digits, '.', '_' and '-' are allowed",
+        ));
     }
     if value == "." || value == ".." {
         return Err(invalid("'.' and '..' are not names"));
@@ -62,10 +70,16 @@ impl ModelKey {
     pub fn new(name: &str, version: &str) -> Result<ModelKey, RepositoryError> {
         let name = ModelName::new(name)?;
         validate_segment("model version", version)?;
-        Ok(ModelKey { name, version: version.to_string() })
+        Ok(ModelKey {
+            name,
+            version: version.to_string(),
+        })
     }
 
-    pub(crate) fn from_parts(name: ModelName, version: String) -> Result<ModelKey, RepositoryError> {
+    pub(crate) fn from_parts(
+        name: ModelName,
+        version: String,
+    ) -> Result<ModelKey, RepositoryError> {
         validate_segment("model version", &version)?;
         Ok(ModelKey { name, version })
     }
@@ -103,7 +117,15 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_names() {
-        for ok in ["a", "fraud-model", "ranker_v2", "1", "2024.11.28", "A.b-c_d", &"x".repeat(128)] {
+        for ok in [
+            "a",
+            "fraud-model",
+            "ranker_v2",
+            "1",
+            "2024.11.28",
+            "A.b-c_d",
+            &"x".repeat(128),
+        ] {
             validate_segment("model name", ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
     }
@@ -111,7 +133,23 @@ mod tests {
     #[test]
     fn rejects_everything_that_could_leave_the_root() {
         let long = "x".repeat(129);
-        for bad in ["", ".", "..", "../etc", "a/b", "a\\b", "/etc/passwd", ".hidden", "-x", "_x", "a b", "a\0b", "é", "%2e%2e", long.as_str()] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../etc",
+            "a/b",
+            "a\\b",
+            "/etc/passwd",
+            ".hidden",
+            "-x",
+            "_x",
+            "a b",
+            "a\0b",
+            "é",
+            "%2e%2e",
+            long.as_str(),
+        ] {
             let err = validate_segment("model name", bad).expect_err(bad);
             assert!(matches!(err, RepositoryError::InvalidName { .. }), "{bad}");
         }

@@ -33,7 +33,10 @@ impl Manifest {
         let mut manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         validate_segment("manifest file", &manifest.file).map_err(|e| e.to_string())?;
         if !(manifest.file.ends_with(".ort") || manifest.file.ends_with(".onnx")) {
-            return Err(format!("file {:?} must end in .ort or .onnx", manifest.file));
+            return Err(format!(
+                "file {:?} must end in .ort or .onnx",
+                manifest.file
+            ));
         }
         if manifest.sha256.len() != 64 || !manifest.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(format!("sha256 {:?} is not 64 hex digits", manifest.sha256));
@@ -51,7 +54,10 @@ mod tests {
 
     #[test]
     fn parses_and_keeps_unknown_fields() {
-        let text = format!(r#"{{"file":"model.ort","sha256":"{}","size":4,"team":"fraud","owner_email":"a@b"}}"#, HASH.to_uppercase());
+        let text = format!(
+            r#"{{"file":"model.ort","sha256":"{}","size":4,"team":"fraud","owner_email":"a@b"}}"#,
+            HASH.to_uppercase()
+        );
         let m = Manifest::parse(text.as_bytes()).unwrap();
         assert_eq!(m.sha256, HASH);
         assert_eq!(m.team.as_deref(), Some("fraud"));

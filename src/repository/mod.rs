@@ -22,20 +22,38 @@ pub use staging::{StagedFile, Staging, StagingStats};
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RepositoryError {
     #[error("invalid {what} {value:?}: {reason} (expected [A-Za-z0-9][A-Za-z0-9._-]{{0,127}})")]
-    InvalidName { what: &'static str, value: String, reason: &'static str },
+    InvalidName {
+        what: &'static str,
+        value: String,
+        reason: &'static str,
+    },
     #[error("model {name:?} is not in the repository")]
     ModelNotFound { name: String },
     #[error("model {name:?} has no version {version:?}; available: {}", if available.is_empty() { "none".to_string() } else { available.join(", ") })]
-    VersionNotFound { name: String, version: String, available: Vec<String> },
-    #[error("model {key}: the file's sha256 is {actual}, but its manifest says {expected}; it was not loaded")]
-    ChecksumMismatch { key: String, expected: String, actual: String },
+    VersionNotFound {
+        name: String,
+        version: String,
+        available: Vec<String>,
+    },
+    #[error(
+        "model {key}: the file's sha256 is {actual}, but its manifest says {expected}; it was not loaded"
+    )]
+    ChecksumMismatch {
+        key: String,
+        expected: String,
+        actual: String,
+    },
     #[error("model {key}: invalid manifest: {reason}")]
     InvalidManifest { key: String, reason: String },
     #[error("the model repository could not be read at {path}: {reason}; retry later")]
     Unavailable { path: String, reason: String },
-    #[error("model {key} is {size} bytes, more than the whole staging budget of {budget} bytes (MODEL_STAGING_BYTES)")]
+    #[error(
+        "model {key} is {size} bytes, more than the whole staging budget of {budget} bytes (MODEL_STAGING_BYTES)"
+    )]
     StagingTooSmall { key: String, size: u64, budget: u64 },
-    #[error("{key} already exists; published versions are immutable, publish a new version instead")]
+    #[error(
+        "{key} already exists; published versions are immutable, publish a new version instead"
+    )]
     AlreadyExists { key: String },
     #[error("publish failed: {0}")]
     Publish(String),
@@ -43,7 +61,10 @@ pub enum RepositoryError {
 
 impl RepositoryError {
     fn io(path: &Path, error: &io::Error) -> RepositoryError {
-        RepositoryError::Unavailable { path: path.display().to_string(), reason: error.to_string() }
+        RepositoryError::Unavailable {
+            path: path.display().to_string(),
+            reason: error.to_string(),
+        }
     }
 }
 
@@ -69,9 +90,14 @@ impl Repository {
     /// Opens the repository at `root` (which must exist; it may itself be a symlink,
     /// such as an EFS mount point).
     pub fn open(root: &Path) -> Result<Repository, RepositoryError> {
-        let root = root.canonicalize().map_err(|e| RepositoryError::io(root, &e))?;
+        let root = root
+            .canonicalize()
+            .map_err(|e| RepositoryError::io(root, &e))?;
         if !root.is_dir() {
-            return Err(RepositoryError::Unavailable { path: root.display().to_string(), reason: "not a directory".into() });
+            return Err(RepositoryError::Unavailable {
+                path: root.display().to_string(),
+                reason: "not a directory".into(),
+            });
         }
         Ok(Repository { root })
     }
@@ -82,17 +108,24 @@ impl Repository {
 
     /// Resolves `version` (a version, `latest`, or an alias from `aliases.json`)
     /// to a published version and reads its manifest.
-    pub fn resolve(&self, name: &ModelName, version: &str) -> Result<ResolvedModel, RepositoryError> {
+    pub fn resolve(
+        &self,
+        name: &ModelName,
+        version: &str,
+    ) -> Result<ResolvedModel, RepositoryError> {
         validate_segment("model version", version)?;
         let versions = self.versions(name)?;
         let concrete = if versions.iter().any(|v| v == version) {
             version.to_string()
         } else if version == "latest" {
-            versions.last().cloned().ok_or_else(|| RepositoryError::VersionNotFound {
-                name: name.to_string(),
-                version: version.into(),
-                available: vec![],
-            })?
+            versions
+                .last()
+                .cloned()
+                .ok_or_else(|| RepositoryError::VersionNotFound {
+                    name: name.to_string(),
+                    version: version.into(),
+                    available: vec![],
+                })?
         } else {
             match self.aliases(name)?.get(version) {
                 Some(target) if versions.contains(target) => target.clone(),
@@ -112,11 +145,19 @@ impl Repository {
     pub fn read(&self, key: &ModelKey) -> Result<ResolvedModel, RepositoryError> {
         let dir = self.root.join(key.name().as_str()).join(key.version());
         let manifest_path = self.inside_root(&dir.join("manifest.json"), key)?;
-        let bytes = read_no_follow(&manifest_path).map_err(|e| self.not_found_or_unavailable(key, &manifest_path, e))?;
+        let bytes = read_no_follow(&manifest_path)
+            .map_err(|e| self.not_found_or_unavailable(key, &manifest_path, e))?;
         let manifest =
-            Manifest::parse(&bytes).map_err(|reason| RepositoryError::InvalidManifest { key: key.to_string(), reason })?;
+            Manifest::parse(&bytes).map_err(|reason| RepositoryError::InvalidManifest {
+                key: key.to_string(),
+                reason,
+            })?;
         let file = self.inside_root(&dir.join(&manifest.file), key)?;
-        Ok(ResolvedModel { key: key.clone(), manifest, file })
+        Ok(ResolvedModel {
+            key: key.clone(),
+            manifest,
+            file,
+        })
     }
 
     /// The published versions of a model, in `latest` order (numeric when every
@@ -125,23 +166,34 @@ impl Repository {
         let dir = self.root.join(name.as_str());
         let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory => {
-                return Err(RepositoryError::ModelNotFound { name: name.to_string() });
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.kind() == io::ErrorKind::NotADirectory =>
+            {
+                return Err(RepositoryError::ModelNotFound {
+                    name: name.to_string(),
+                });
             }
             Err(e) => return Err(RepositoryError::io(&dir, &e)),
         };
         let mut versions = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| RepositoryError::io(&dir, &e))?;
-            let Ok(version) = entry.file_name().into_string() else { continue };
+            let Ok(version) = entry.file_name().into_string() else {
+                continue;
+            };
             // Temporary publish directories start with '.', so they never validate.
-            if validate_segment("model version", &version).is_ok() && entry.path().join("manifest.json").is_file() {
+            if validate_segment("model version", &version).is_ok()
+                && entry.path().join("manifest.json").is_file()
+            {
                 versions.push(version);
             }
         }
         if versions.is_empty() && !dir.join("aliases.json").is_file() {
             // A directory with no published version is not a model (yet).
-            return Err(RepositoryError::ModelNotFound { name: name.to_string() });
+            return Err(RepositoryError::ModelNotFound {
+                name: name.to_string(),
+            });
         }
         sort_versions(&mut versions);
         Ok(versions)
@@ -151,10 +203,12 @@ impl Repository {
     pub fn aliases(&self, name: &ModelName) -> Result<BTreeMap<String, String>, RepositoryError> {
         let path = self.root.join(name.as_str()).join("aliases.json");
         match read_no_follow(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| RepositoryError::InvalidManifest {
-                key: format!("{name}/aliases.json"),
-                reason: e.to_string(),
-            }),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| RepositoryError::InvalidManifest {
+                    key: format!("{name}/aliases.json"),
+                    reason: e.to_string(),
+                })
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(BTreeMap::new()),
             Err(e) => Err(RepositoryError::io(&path, &e)),
         }
@@ -162,12 +216,17 @@ impl Repository {
 
     /// Every model in the repository with its versions, by name.
     pub fn list(&self) -> Result<BTreeMap<String, Vec<String>>, RepositoryError> {
-        let entries = std::fs::read_dir(&self.root).map_err(|e| RepositoryError::io(&self.root, &e))?;
+        let entries =
+            std::fs::read_dir(&self.root).map_err(|e| RepositoryError::io(&self.root, &e))?;
         let mut models = BTreeMap::new();
         for entry in entries {
             let entry = entry.map_err(|e| RepositoryError::io(&self.root, &e))?;
-            let Ok(name) = entry.file_name().into_string() else { continue };
-            let Ok(name) = ModelName::new(&name) else { continue };
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let Ok(name) = ModelName::new(&name) else {
+                continue;
+            };
             match self.versions(&name) {
                 Ok(versions) => {
                     models.insert(name.to_string(), versions);
@@ -182,7 +241,9 @@ impl Repository {
     /// Canonicalises `path` and refuses anything that resolves outside the root
     /// (a symlink pointing out, for instance) as if it did not exist.
     fn inside_root(&self, path: &Path, key: &ModelKey) -> Result<PathBuf, RepositoryError> {
-        let canonical = path.canonicalize().map_err(|e| self.not_found_or_unavailable(key, path, e))?;
+        let canonical = path
+            .canonicalize()
+            .map_err(|e| self.not_found_or_unavailable(key, path, e))?;
         if canonical.starts_with(&self.root) {
             Ok(canonical)
         } else {
@@ -191,7 +252,12 @@ impl Repository {
         }
     }
 
-    fn not_found_or_unavailable(&self, key: &ModelKey, path: &Path, error: io::Error) -> RepositoryError {
+    fn not_found_or_unavailable(
+        &self,
+        key: &ModelKey,
+        path: &Path,
+        error: io::Error,
+    ) -> RepositoryError {
         match error.kind() {
             io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => self.version_not_found(key),
             _ => RepositoryError::io(path, &error),
@@ -219,7 +285,10 @@ fn read_no_follow(path: &Path) -> io::Result<Vec<u8>> {
 }
 
 pub(crate) fn open_no_follow(path: &Path) -> io::Result<File> {
-    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
 }
 
 /// Sorts versions in `latest` order, highest last: numeric when every version
@@ -242,7 +311,14 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join("model.onnx"), bytes).unwrap();
         let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes));
-        fs::write(dir.join("manifest.json"), format!(r#"{{"file":"model.onnx","sha256":"{sha}","size":{}}}"#, bytes.len())).unwrap();
+        fs::write(
+            dir.join("manifest.json"),
+            format!(
+                r#"{{"file":"model.onnx","sha256":"{sha}","size":{}}}"#,
+                bytes.len()
+            ),
+        )
+        .unwrap();
     }
 
     #[test]
@@ -259,8 +335,12 @@ mod tests {
         assert_eq!(repo.resolve(&name, "stable").unwrap().key.version(), "9");
         assert_eq!(repo.resolve(&name, "2").unwrap().manifest.size, 1);
         let err = repo.resolve(&name, "3").unwrap_err();
-        assert!(matches!(err, RepositoryError::VersionNotFound { ref available, .. } if available == &["2", "9", "10"]));
-        let err = repo.resolve(&ModelName::new("nope").unwrap(), "1").unwrap_err();
+        assert!(
+            matches!(err, RepositoryError::VersionNotFound { ref available, .. } if available == &["2", "9", "10"])
+        );
+        let err = repo
+            .resolve(&ModelName::new("nope").unwrap(), "1")
+            .unwrap_err();
         assert!(matches!(err, RepositoryError::ModelNotFound { .. }));
         assert_eq!(repo.list().unwrap()["m"], ["2", "9", "10"]);
     }
@@ -281,13 +361,23 @@ mod tests {
         publish_fake(outside.path(), "secret", "1", b"secret");
         let tmp = tempfile::tempdir().unwrap();
         publish_fake(tmp.path(), "m", "1", b"x");
-        std::os::unix::fs::symlink(outside.path().join("secret/1"), tmp.path().join("m/2")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret/1"), tmp.path().join("m/2"))
+            .unwrap();
         std::os::unix::fs::symlink(outside.path().join("secret"), tmp.path().join("evil")).unwrap();
         let repo = Repository::open(tmp.path()).unwrap();
         let err = repo.read(&ModelKey::new("m", "2").unwrap()).unwrap_err();
-        assert!(matches!(err, RepositoryError::VersionNotFound { .. }), "{err}");
+        assert!(
+            matches!(err, RepositoryError::VersionNotFound { .. }),
+            "{err}"
+        );
         let err = repo.read(&ModelKey::new("evil", "1").unwrap()).unwrap_err();
-        assert!(matches!(err, RepositoryError::VersionNotFound { .. } | RepositoryError::ModelNotFound { .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                RepositoryError::VersionNotFound { .. } | RepositoryError::ModelNotFound { .. }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -297,7 +387,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         publish_fake(tmp.path(), "m", "1", b"x");
         fs::remove_file(tmp.path().join("m/1/model.onnx")).unwrap();
-        std::os::unix::fs::symlink(outside.path().join("weights.onnx"), tmp.path().join("m/1/model.onnx")).unwrap();
+        std::os::unix::fs::symlink(
+            outside.path().join("weights.onnx"),
+            tmp.path().join("m/1/model.onnx"),
+        )
+        .unwrap();
         let repo = Repository::open(tmp.path()).unwrap();
         assert!(repo.read(&ModelKey::new("m", "1").unwrap()).is_err());
     }

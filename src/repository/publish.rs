@@ -12,7 +12,10 @@ use super::{Manifest, ModelKey, ModelName, Repository, RepositoryError, open_no_
 /// Copies `source` to `dest` in one pass, hashing the bytes as they go, and
 /// returns (sha256 hex, bytes copied). The one routine both staging and
 /// publishing use, so a file is read once whatever it is copied for.
-pub(crate) fn copy_hashing(source: &mut impl Read, dest: &mut impl Write) -> io::Result<(String, u64)> {
+pub(crate) fn copy_hashing(
+    source: &mut impl Read,
+    dest: &mut impl Write,
+) -> io::Result<(String, u64)> {
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
     let mut total = 0u64;
@@ -52,7 +55,10 @@ impl Repository {
     /// it, writes `manifest.json`, fsyncs, and renames the directory into place.
     /// Readers see the whole version or nothing; an existing version is never
     /// touched.
-    pub fn publish(&self, request: &PublishRequest) -> Result<(ModelKey, Manifest), RepositoryError> {
+    pub fn publish(
+        &self,
+        request: &PublishRequest,
+    ) -> Result<(ModelKey, Manifest), RepositoryError> {
         let key = ModelKey::new(&request.name, &request.version)?;
         let failed = |what: &str, e: io::Error| RepositoryError::Publish(format!("{what}: {e}"));
         let extension = match request.source.extension().and_then(|e| e.to_str()) {
@@ -67,7 +73,9 @@ impl Repository {
         let model_dir = self.root.join(key.name().as_str());
         let final_dir = model_dir.join(key.version());
         if final_dir.symlink_metadata().is_ok() {
-            return Err(RepositoryError::AlreadyExists { key: key.to_string() });
+            return Err(RepositoryError::AlreadyExists {
+                key: key.to_string(),
+            });
         }
         fs::create_dir_all(&model_dir).map_err(|e| failed("creating the model directory", e))?;
         let staging = tempfile::Builder::new()
@@ -77,15 +85,23 @@ impl Repository {
 
         let file_name = format!("model.{extension}");
         let dest_path = staging.path().join(&file_name);
-        let mut source = File::open(&request.source).map_err(|e| failed(&request.source.display().to_string(), e))?;
-        let mut dest = File::create(&dest_path).map_err(|e| failed("creating the model file", e))?;
-        let (sha256, size) = copy_hashing(&mut source, &mut dest).map_err(|e| failed("copying", e))?;
-        dest.sync_all().map_err(|e| failed("fsync of the model file", e))?;
+        let mut source = File::open(&request.source)
+            .map_err(|e| failed(&request.source.display().to_string(), e))?;
+        let mut dest =
+            File::create(&dest_path).map_err(|e| failed("creating the model file", e))?;
+        let (sha256, size) =
+            copy_hashing(&mut source, &mut dest).map_err(|e| failed("copying", e))?;
+        dest.sync_all()
+            .map_err(|e| failed("fsync of the model file", e))?;
         drop(dest);
         // Read back what landed on the (possibly network) filesystem.
         let (written, _) = hash_file(&dest_path).map_err(|e| failed("reading the copy back", e))?;
         if written != sha256 {
-            return Err(RepositoryError::ChecksumMismatch { key: key.to_string(), expected: sha256, actual: written });
+            return Err(RepositoryError::ChecksumMismatch {
+                key: key.to_string(),
+                expected: sha256,
+                actual: written,
+            });
         }
 
         let manifest = Manifest {
@@ -97,23 +113,33 @@ impl Repository {
             created: Some(rfc3339_now()),
             extra: Default::default(),
         };
-        let manifest_json = serde_json::to_vec_pretty(&manifest).map_err(|e| RepositoryError::Publish(e.to_string()))?;
-        let mut file = File::create(staging.path().join("manifest.json")).map_err(|e| failed("writing manifest.json", e))?;
-        file.write_all(&manifest_json).map_err(|e| failed("writing manifest.json", e))?;
-        file.sync_all().map_err(|e| failed("fsync of manifest.json", e))?;
-        File::open(staging.path()).and_then(|d| d.sync_all()).map_err(|e| failed("fsync of the version directory", e))?;
+        let manifest_json = serde_json::to_vec_pretty(&manifest)
+            .map_err(|e| RepositoryError::Publish(e.to_string()))?;
+        let mut file = File::create(staging.path().join("manifest.json"))
+            .map_err(|e| failed("writing manifest.json", e))?;
+        file.write_all(&manifest_json)
+            .map_err(|e| failed("writing manifest.json", e))?;
+        file.sync_all()
+            .map_err(|e| failed("fsync of manifest.json", e))?;
+        File::open(staging.path())
+            .and_then(|d| d.sync_all())
+            .map_err(|e| failed("fsync of the version directory", e))?;
 
         // Checked again just before the rename: rename(2) would replace an empty
         // directory that appeared meanwhile, and must never replace a version.
         if final_dir.symlink_metadata().is_ok() {
-            return Err(RepositoryError::AlreadyExists { key: key.to_string() });
+            return Err(RepositoryError::AlreadyExists {
+                key: key.to_string(),
+            });
         }
         let staged = staging.keep();
         fs::rename(&staged, &final_dir).map_err(|e| {
             let _ = fs::remove_dir_all(&staged);
             failed("renaming into place", e)
         })?;
-        File::open(&model_dir).and_then(|d| d.sync_all()).map_err(|e| failed("fsync of the model directory", e))?;
+        File::open(&model_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| failed("fsync of the model directory", e))?;
         Ok((key, manifest))
     }
 }
@@ -129,9 +155,14 @@ pub struct VerifyReport {
 }
 
 /// Re-hashes every version (of `only`, or of every model) against its manifest.
-pub fn verify(repository: &Repository, only: Option<&ModelName>) -> Result<Vec<VerifyReport>, RepositoryError> {
+pub fn verify(
+    repository: &Repository,
+    only: Option<&ModelName>,
+) -> Result<Vec<VerifyReport>, RepositoryError> {
     let models = match only {
-        Some(name) => [(name.to_string(), repository.versions(name)?)].into_iter().collect(),
+        Some(name) => [(name.to_string(), repository.versions(name)?)]
+            .into_iter()
+            .collect(),
         None => repository.list()?,
     };
     let mut reports = Vec::new();
@@ -139,9 +170,10 @@ pub fn verify(repository: &Repository, only: Option<&ModelName>) -> Result<Vec<V
         for version in versions {
             let key = ModelKey::new(&name, &version)?;
             let outcome = repository.read(&key).and_then(|model| {
-                let mut file = open_no_follow(&model.file).map_err(|e| RepositoryError::io(&model.file, &e))?;
-                let (actual, size) =
-                    copy_hashing(&mut file, &mut io::sink()).map_err(|e| RepositoryError::io(&model.file, &e))?;
+                let mut file = open_no_follow(&model.file)
+                    .map_err(|e| RepositoryError::io(&model.file, &e))?;
+                let (actual, size) = copy_hashing(&mut file, &mut io::sink())
+                    .map_err(|e| RepositoryError::io(&model.file, &e))?;
                 if actual != model.manifest.sha256 {
                     return Err(RepositoryError::ChecksumMismatch {
                         key: key.to_string(),
@@ -152,12 +184,19 @@ pub fn verify(repository: &Repository, only: Option<&ModelName>) -> Result<Vec<V
                 if size != model.manifest.size {
                     return Err(RepositoryError::InvalidManifest {
                         key: key.to_string(),
-                        reason: format!("size is {size} bytes, manifest says {}", model.manifest.size),
+                        reason: format!(
+                            "size is {size} bytes, manifest says {}",
+                            model.manifest.size
+                        ),
                     });
                 }
                 Ok(())
             });
-            reports.push(VerifyReport { model: key.to_string(), ok: outcome.is_ok(), error: outcome.err().map(|e| e.to_string()) });
+            reports.push(VerifyReport {
+                model: key.to_string(),
+                ok: outcome.is_ok(),
+                error: outcome.err().map(|e| e.to_string()),
+            });
         }
     }
     Ok(reports)
@@ -165,7 +204,10 @@ pub fn verify(repository: &Repository, only: Option<&ModelName>) -> Result<Vec<V
 
 /// The current UTC time as RFC 3339 (`2026-11-28T16:29:49Z`), without a date crate.
 fn rfc3339_now() -> String {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Howard Hinnant's civil_from_days.
     let z = days as i64 + 719_468;
@@ -177,7 +219,12 @@ fn rfc3339_now() -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]
@@ -207,7 +254,10 @@ mod tests {
         assert_eq!(key.to_string(), "m/1");
         assert_eq!(manifest.size, 11);
         assert_eq!(manifest.sha256, hash_file(&src).unwrap().0);
-        assert_eq!(fs::read(root.path().join("m/1/model.ort")).unwrap(), b"model bytes");
+        assert_eq!(
+            fs::read(root.path().join("m/1/model.ort")).unwrap(),
+            b"model bytes"
+        );
         let read = repo.read(&key).unwrap();
         assert_eq!(read.manifest, manifest);
         assert!(read.manifest.created.unwrap().ends_with('Z'));
@@ -215,7 +265,10 @@ mod tests {
         let err = repo.publish(&request(&src, "1")).unwrap_err();
         assert!(matches!(err, RepositoryError::AlreadyExists { .. }));
         // Nothing temporary is left behind, and the first version is intact.
-        let names: Vec<_> = fs::read_dir(root.path().join("m")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(root.path().join("m"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, ["1"]);
         assert!(verify(&repo, None).unwrap().iter().all(|r| r.ok));
     }
@@ -244,10 +297,16 @@ mod tests {
         let src_dir = tempfile::tempdir().unwrap();
         let src = src_dir.path().join("w.bin");
         fs::write(&src, b"abc").unwrap();
-        assert!(matches!(repo.publish(&request(&src, "1")), Err(RepositoryError::Publish(_))));
+        assert!(matches!(
+            repo.publish(&request(&src, "1")),
+            Err(RepositoryError::Publish(_))
+        ));
         let src = src_dir.path().join("w.ort");
         fs::write(&src, b"abc").unwrap();
-        assert!(matches!(repo.publish(&request(&src, "..")), Err(RepositoryError::InvalidName { .. })));
+        assert!(matches!(
+            repo.publish(&request(&src, "..")),
+            Err(RepositoryError::InvalidName { .. })
+        ));
     }
 
     #[test]

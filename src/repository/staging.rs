@@ -69,15 +69,26 @@ impl Staging {
             path: dir.display().to_string(),
             reason: format!("staging directory: {e}"),
         };
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(unavailable)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(unavailable)?;
         for entry in fs::read_dir(dir).map_err(unavailable)? {
             let path = entry.map_err(unavailable)?.path();
-            let _ = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+            let _ = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
         }
         Ok(Staging {
             dir: dir.to_path_buf(),
             budget,
-            state: Mutex::new(State { files: LruCache::unbounded(), used: 0 }),
+            state: Mutex::new(State {
+                files: LruCache::unbounded(),
+                used: 0,
+            }),
             hashes: AtomicU64::new(0),
             reuses: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
@@ -99,7 +110,11 @@ impl Staging {
         }
         let size = model.manifest.size;
         if size > self.budget {
-            return Err(RepositoryError::StagingTooSmall { key: key.to_string(), size, budget: self.budget });
+            return Err(RepositoryError::StagingTooSmall {
+                key: key.to_string(),
+                size,
+                budget: self.budget,
+            });
         }
         self.reserve(key, size);
         let result = self.copy_and_verify(model);
@@ -148,7 +163,9 @@ impl Staging {
             let _ = fs::remove_file(&old.path);
         }
         while state.used + size > self.budget {
-            let Some((_, victim)) = state.files.pop_lru() else { break };
+            let Some((_, victim)) = state.files.pop_lru() else {
+                break;
+            };
             state.used -= victim.size;
             let _ = fs::remove_file(&victim.path);
             self.evictions.fetch_add(1, Ordering::Relaxed);
@@ -163,7 +180,8 @@ impl Staging {
             reason: e.to_string(),
         };
         let mut source = open_no_follow(&model.file).map_err(|e| io_error(&model.file, e))?;
-        let mut temp = tempfile::NamedTempFile::new_in(&self.dir).map_err(|e| io_error(&self.dir, e))?;
+        let mut temp =
+            tempfile::NamedTempFile::new_in(&self.dir).map_err(|e| io_error(&self.dir, e))?;
         let copied = copy_hashing(&mut source, temp.as_file_mut());
         self.hashes.fetch_add(1, Ordering::Relaxed);
         let (sha256, size) = copied.map_err(|e| io_error(&model.file, e))?;
@@ -179,11 +197,23 @@ impl Staging {
         if size != model.manifest.size {
             return Err(RepositoryError::InvalidManifest {
                 key: key.to_string(),
-                reason: format!("the file is {size} bytes, the manifest says {}", model.manifest.size),
+                reason: format!(
+                    "the file is {size} bytes, the manifest says {}",
+                    model.manifest.size
+                ),
             });
         }
-        let extension = model.file.extension().and_then(|e| e.to_str()).unwrap_or("onnx");
-        let path = self.dir.join(format!("{}@{}.{}.{extension}", key.name(), key.version(), &sha256[..16]));
+        let extension = model
+            .file
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("onnx");
+        let path = self.dir.join(format!(
+            "{}@{}.{}.{extension}",
+            key.name(),
+            key.version(),
+            &sha256[..16]
+        ));
         temp.persist(&path).map_err(|e| io_error(&path, e.error))?;
         // Read-only from here on: the engine maps it, nothing may write it.
         let _ = File::open(&path).and_then(|f| {
@@ -197,10 +227,11 @@ impl Staging {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // Bookkeeping only; a panic while holding it cannot leave it half-written
         // in a way that matters more than losing the process, so recover.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -214,8 +245,14 @@ mod tests {
         for (name, bytes) in files {
             let path = src.path().join(format!("{name}.onnx"));
             fs::write(&path, bytes).unwrap();
-            repo.publish(&PublishRequest { name: name.to_string(), version: "1".into(), source: path, team: None, description: None })
-                .unwrap();
+            repo.publish(&PublishRequest {
+                name: name.to_string(),
+                version: "1".into(),
+                source: path,
+                team: None,
+                description: None,
+            })
+            .unwrap();
         }
         (root, repo)
     }
@@ -242,7 +279,10 @@ mod tests {
         let staging = Staging::open(dir.path(), 100).unwrap();
         let model = repo.read(&ModelKey::new("a", "1").unwrap()).unwrap();
         let err = staging.stage(&model).unwrap_err();
-        assert!(matches!(err, RepositoryError::ChecksumMismatch { .. }), "{err}");
+        assert!(
+            matches!(err, RepositoryError::ChecksumMismatch { .. }),
+            "{err}"
+        );
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
         assert_eq!(staging.stats().bytes_used, 0);
     }
@@ -259,7 +299,10 @@ mod tests {
         assert!(!a.path.exists(), "a was least recently used");
         let stats = staging.stats();
         assert_eq!((stats.bytes_used, stats.files, stats.evictions), (8, 2, 1));
-        let err = Staging::open(tempfile::tempdir().unwrap().path(), 3).unwrap().stage(&get("a")).unwrap_err();
+        let err = Staging::open(tempfile::tempdir().unwrap().path(), 3)
+            .unwrap()
+            .stage(&get("a"))
+            .unwrap_err();
         assert!(matches!(err, RepositoryError::StagingTooSmall { .. }));
     }
 

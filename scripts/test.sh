@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite: the README's second command, and what CI runs
+# (.ci/run calls this script and nothing else).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+section() { printf '\n== %s\n' "$*"; }
+
+section "ONNX Runtime (pinned wheel, sha256-checked)"
+ORT_DYLIB_PATH="$(scripts/setup-ort.sh | tail -n 1)"
+export ORT_DYLIB_PATH
+echo "$ORT_DYLIB_PATH"
+
+if ! cargo clippy --version >/dev/null 2>&1 || ! cargo fmt --version >/dev/null 2>&1; then
+  section "adding rustfmt and clippy"
+  rustup component add rustfmt clippy
+fi
+
+section "cargo fmt --check"
+cargo fmt --all -- --check
+
+section "cargo clippy --all-targets -- -D warnings"
+cargo clippy --locked --all-targets --quiet -- -D warnings
+
+section "cargo test (unit, integration, doc)"
+cargo test --locked
