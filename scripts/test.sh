@@ -24,3 +24,6 @@ cargo clippy --locked --all-targets --quiet -- -D warnings
 
 section "cargo test (unit, integration, doc)"
 cargo test --locked
+
+section "tritonclient[http] compatibility (pytest)"
+scripts/test-python.sh

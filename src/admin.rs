@@ -1,11 +1,14 @@
 //! Admin events (DESIGN section 4): warm, evict and status. They arrive only as
 //! non-HTTP Lambda invocations (direct invoke or an EventBridge rule) or
-//! through `model-router invoke`; no HTTP route leads here.
+//! through `model-router invoke`; no HTTP route leads here (the Lambda front
+//! door calls [`handle`] only for lambda_http's pass-through events).
 
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::service::ModelService;
+use crate::metrics::{Metrics, cached_models, newly_loaded};
+use crate::repository::ModelKey;
+use crate::service::{ModelService, WarmFailure};
 
 #[derive(Debug, Deserialize)]
 #[serde(tag = "action", rename_all = "lowercase", deny_unknown_fields)]
@@ -15,10 +18,36 @@ enum AdminEvent {
     Status {},
 }
 
+/// Top-level fields of the HTTP event shapes (API Gateway REST and HTTP API,
+/// Function URL, ALB). An event carrying one is an HTTP event lambda_http
+/// could not parse, never an admin event: it is refused, so that no HTTP
+/// request can become an admin action even through a parser gap.
+const HTTP_EVENT_FIELDS: [&str; 5] = [
+    "requestContext",
+    "httpMethod",
+    "rawPath",
+    "routeKey",
+    "multiValueHeaders",
+];
+
 /// Answers one admin event. An EventBridge event carries the admin object in
 /// its `detail`. Always answers a JSON object; malformed events get
 /// `{"error", "code": "invalid_admin_event"}`.
-pub async fn handle(service: &ModelService, event: &Value) -> Value {
+///
+/// A warm of many models reports each one's outcome (`warmed`, and `failed`
+/// with each failure's code) and never stops at the first failure; a model
+/// loaded and then pushed out by later models of the same warm is reported
+/// as `did_not_fit`.
+pub async fn handle(service: &ModelService, metrics: &Metrics, event: &Value) -> Value {
+    if let Some(field) = HTTP_EVENT_FIELDS
+        .iter()
+        .find(|field| event.get(**field).is_some())
+    {
+        return json!({
+            "error": format!("this looks like an HTTP event (it has \"{field}\") that could not be parsed as one; HTTP events never reach admin actions"),
+            "code": "invalid_admin_event",
+        });
+    }
     let payload = match event.get("detail") {
         Some(detail) if event.get("action").is_none() => detail,
         _ => event,
@@ -27,36 +56,73 @@ pub async fn handle(service: &ModelService, event: &Value) -> Value {
         Ok(event) => event,
         Err(e) => {
             return json!({
-                "error": format!("not an admin event ({e}); expected {{\"action\": \"warm\"|\"evict\"|\"status\", \"models\": [\"name/version\", ...]}}"),
+                "error": format!("not an admin event ({e}); expected {{\"action\": \"warm\"|\"evict\"|\"status\", \"models\": [\"name/version\", ...]}}, or an EventBridge event with that object as its detail"),
                 "code": "invalid_admin_event",
             });
         }
     };
     match event {
         AdminEvent::Warm { models } => {
-            let (warmed, mut failed) = service.warm(&models).await;
-            // Warming more than the budget holds evicts the earliest ones again:
-            // say which did not stay.
-            let budget = service.config().cache_bytes;
-            let (kept, pushed_out): (Vec<String>, Vec<String>) =
-                warmed.into_iter().partition(|spec| {
-                    crate::repository::ModelKey::parse(spec)
-                        .map(|key| service.is_cached(&key))
-                        .unwrap_or(false)
-                });
-            failed.extend(pushed_out.into_iter().map(|model| crate::service::WarmFailure {
-                model,
-                code: "did_not_fit",
-                error: format!("loaded, then evicted to make room for later models of this warm; the cache budget is {budget} bytes"),
-            }));
-            json!({ "warmed": kept, "failed": failed })
+            let before = cached_models(&service.cache_status());
+            let (warmed, failed) = service.warm(&models).await;
+            let (warmed, failed) = report_what_did_not_fit(service, warmed, failed);
+            metrics.record_warm(
+                service,
+                &newly_loaded(&service.cache_status(), &before),
+                &failed,
+            );
+            json!({ "warmed": warmed, "failed": failed })
         }
-        AdminEvent::Evict { models } => json!({ "evicted": service.evict(&models) }),
-        AdminEvent::Status {} => status(service),
+        AdminEvent::Evict { models } => {
+            let evicted = service.evict(&models);
+            metrics.record_gauges((&service.cache_status()).into());
+            json!({ "evicted": evicted })
+        }
+        AdminEvent::Status {} => {
+            metrics.record_gauges((&service.cache_status()).into());
+            status(service)
+        }
     }
 }
 
-/// The `status` answer: cache entries, bytes, counters, staging, failed preloads.
+/// Warming more than the budget holds evicts the earliest models again: those
+/// move from `warmed` to `failed` as `did_not_fit`.
+fn report_what_did_not_fit(
+    service: &ModelService,
+    warmed: Vec<String>,
+    mut failed: Vec<WarmFailure>,
+) -> (Vec<String>, Vec<WarmFailure>) {
+    let budget = service.config().cache_bytes;
+    let (kept, pushed_out): (Vec<String>, Vec<String>) = warmed.into_iter().partition(|spec| {
+        ModelKey::parse(spec)
+            .map(|key| service.is_cached(&key))
+            .unwrap_or(false)
+    });
+    failed.extend(pushed_out.into_iter().map(|model| WarmFailure {
+        model,
+        code: "did_not_fit",
+        error: format!(
+            "loaded, then evicted to make room for later models of this warm; the cache budget is {budget} bytes"
+        ),
+    }));
+    (kept, failed)
+}
+
+/// Warms `PRELOAD_MODELS` (during init, before the first event) and records
+/// what it loaded and refused; failures are logged and kept for `status`.
+pub async fn preload(service: &ModelService, metrics: &Metrics) {
+    let before = cached_models(&service.cache_status());
+    service.preload().await;
+    metrics.record_warm(
+        service,
+        &newly_loaded(&service.cache_status(), &before),
+        &service.preload_failures(),
+    );
+}
+
+/// The `status` answer: cache entries (with their team), bytes, counters, bytes
+/// per team with each share, staging, failed preloads, and the access policy's
+/// state (including why the file on disk is not in force, when it is not).
 pub fn status(service: &ModelService) -> Value {
     let cache = service.cache_status();
     json!({
@@ -68,7 +134,9 @@ pub fn status(service: &ModelService) -> Value {
         "loads": cache.loads,
         "load_failures": cache.load_failures,
         "evictions": cache.evictions,
+        "teams": cache.teams,
         "staging": service.staging_stats(),
         "preload_failures": service.preload_failures(),
+        "policy": service.policy_status(),
     })
 }

@@ -12,11 +12,15 @@
 //! - **In-use models are never freed under a request.** A request holds a
 //!   [`Lease`]; an evicted model is freed when its last lease drops, and its
 //!   bytes stay counted until then.
+//! - **Fair shares.** A team may be guaranteed a share of the budget. When room
+//!   is needed, the least recently used model of a team *over* its share goes
+//!   first (models of no team count as over); a team within its share keeps its
+//!   models while others flood the cache.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use lru::LruCache;
@@ -43,6 +47,14 @@ pub enum CacheError {
 
 /// A loaded model held by the cache and by the requests using it.
 pub type Lease<V> = Arc<Cached<V>>;
+
+/// What the cache needs to know of a value beyond its bytes.
+pub trait CacheValue: Send + Sync + 'static {
+    /// The team whose share this value's bytes count against.
+    fn team(&self) -> Option<&str> {
+        None
+    }
+}
 
 /// A value in the cache, charged `bytes` from the moment it is admitted until it
 /// is dropped (evicted *and* released by every request).
@@ -110,6 +122,7 @@ impl CacheOutcome {
 pub struct EntryStatus {
     pub model: String,
     pub bytes: u64,
+    pub team: Option<String>,
     /// Requests using it right now.
     pub in_use: usize,
 }
@@ -126,6 +139,16 @@ pub struct CacheStatus {
     pub loads: u64,
     pub load_failures: u64,
     pub evictions: u64,
+    /// Bytes of cached models per team, with each team's guaranteed share.
+    pub teams: BTreeMap<String, TeamUsage>,
+}
+
+/// One team's part of the cache.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
+pub struct TeamUsage {
+    pub bytes_used: u64,
+    /// The bytes guaranteed to the team (its share of the budget); 0 without a share.
+    pub share_bytes: u64,
 }
 
 type LoadCell<V> = Arc<OnceCell<Result<Lease<V>, Error>>>;
@@ -149,6 +172,9 @@ struct Inner<V> {
     loads: AtomicU64,
     load_failures: AtomicU64,
     evictions: AtomicU64,
+    /// Guaranteed bytes per team. Read on every eviction, replaced when the
+    /// access policy changes.
+    shares: RwLock<BTreeMap<String, u64>>,
 }
 
 /// The cache handle: cheap to clone, shared by every request.
@@ -164,7 +190,7 @@ impl<V> Clone for ModelCache<V> {
     }
 }
 
-impl<V: Send + Sync + 'static> ModelCache<V> {
+impl<V: CacheValue> ModelCache<V> {
     /// A cache holding at most `budget` bytes of models.
     pub fn new(budget: u64) -> ModelCache<V> {
         ModelCache::with_wait(budget, Duration::from_secs(10))
@@ -187,6 +213,7 @@ impl<V: Send + Sync + 'static> ModelCache<V> {
                 loads: AtomicU64::new(0),
                 load_failures: AtomicU64::new(0),
                 evictions: AtomicU64::new(0),
+                shares: RwLock::default(),
             }),
         }
     }
@@ -225,10 +252,12 @@ impl<V: Send + Sync + 'static> ModelCache<V> {
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
     /// use model_router::cache::{CacheOutcome, ModelCache};
     /// use model_router::repository::ModelKey;
-    /// let cache = ModelCache::<&'static str>::new(100);
+    /// struct Session(&'static str);
+    /// impl model_router::cache::CacheValue for Session {}
+    /// let cache = ModelCache::<Session>::new(100);
     /// let key = ModelKey::new("m", "1").unwrap();
-    /// let (model, outcome) = cache.get_or_load(&key, || async { Ok(("session", 40)) }).await.unwrap();
-    /// assert_eq!((*model.value(), outcome), ("session", CacheOutcome::Miss));
+    /// let (model, outcome) = cache.get_or_load(&key, || async { Ok((Session("s"), 40)) }).await.unwrap();
+    /// assert_eq!((model.value().0, outcome), ("s", CacheOutcome::Miss));
     /// let (_, outcome) = cache.get_or_load(&key, || async { unreachable!() }).await.unwrap();
     /// assert_eq!(outcome, CacheOutcome::Hit);
     /// assert_eq!(cache.bytes_used(), 40);
@@ -381,17 +410,46 @@ impl<V: Send + Sync + 'static> ModelCache<V> {
         Ok(())
     }
 
-    /// Evicts one model: the least recently used idle one, else the least
-    /// recently used one in use (freed when its requests finish). Returns false
-    /// when the cache is empty.
+    /// Sets each team's guaranteed share of the budget, as fractions.
+    pub fn set_shares(&self, fractions: &BTreeMap<String, f64>) {
+        let budget = self.inner.budget as f64;
+        let bytes = fractions
+            .iter()
+            .map(|(team, f)| (team.clone(), (budget * f.clamp(0.0, 1.0)) as u64))
+            .collect();
+        *self.inner.shares.write().unwrap_or_else(|p| p.into_inner()) = bytes;
+    }
+
+    /// Evicts one model and returns whether there was one. The victim is the
+    /// least recently used model, taken in this order of preference: idle and
+    /// of a team over its share; in use and over its share (freed when its
+    /// requests end); idle; in use.
     fn evict_one(&self, state: &mut State<V>) -> bool {
+        let shares = self.inner.shares.read().unwrap_or_else(|p| p.into_inner());
+        let mut usage: HashMap<&str, u64> = HashMap::new();
+        for (_, lease) in state.lru.iter() {
+            if let Some(team) = lease.value.team() {
+                *usage.entry(team).or_default() += lease.bytes;
+            }
+        }
+        let over_share = |lease: &Lease<V>| match lease.value.team() {
+            Some(team) => {
+                usage.get(team).copied().unwrap_or(0) > shares.get(team).copied().unwrap_or(0)
+            }
+            None => true,
+        };
+        let idle = |lease: &Lease<V>| Arc::strong_count(lease) == 1;
+        // Lower ranks go first: over its team's share before within it, then
+        // idle before in use. Among equals, the least recently used (the
+        // iteration starts there and `min_by_key` keeps the first minimum).
+        let rank = |lease: &Lease<V>| (u8::from(!over_share(lease)) << 1) | u8::from(!idle(lease));
         let victim = state
             .lru
             .iter()
             .rev()
-            .find(|(_, lease)| Arc::strong_count(lease) == 1)
-            .or_else(|| state.lru.peek_lru())
+            .min_by_key(|(_, lease)| rank(lease))
             .map(|(key, _)| key.clone());
+        drop(shares);
         match victim {
             Some(key) => {
                 state.lru.pop(&key);
@@ -420,13 +478,38 @@ impl<V: Send + Sync + 'static> ModelCache<V> {
 
     pub fn status(&self) -> CacheStatus {
         let state = self.lock();
+        let shares = self
+            .inner
+            .shares
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut teams: BTreeMap<String, TeamUsage> = shares
+            .iter()
+            .map(|(team, share)| {
+                (
+                    team.clone(),
+                    TeamUsage {
+                        bytes_used: 0,
+                        share_bytes: *share,
+                    },
+                )
+            })
+            .collect();
         let entries = state
             .lru
             .iter()
-            .map(|(key, lease)| EntryStatus {
-                model: key.to_string(),
-                bytes: lease.bytes,
-                in_use: Arc::strong_count(lease) - 1,
+            .map(|(key, lease)| {
+                let team = lease.value.team().map(str::to_string);
+                if let Some(team) = &team {
+                    teams.entry(team.clone()).or_default().bytes_used += lease.bytes;
+                }
+                EntryStatus {
+                    model: key.to_string(),
+                    bytes: lease.bytes,
+                    team,
+                    in_use: Arc::strong_count(lease) - 1,
+                }
             })
             .collect();
         let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -439,6 +522,7 @@ impl<V: Send + Sync + 'static> ModelCache<V> {
             loads: count(&self.inner.loads),
             load_failures: count(&self.inner.load_failures),
             evictions: count(&self.inner.evictions),
+            teams,
         }
     }
 
@@ -457,6 +541,8 @@ mod tests {
     use super::*;
     use crate::engine::EngineError;
     use std::sync::atomic::AtomicUsize;
+
+    impl CacheValue for usize {}
 
     fn key(n: usize) -> ModelKey {
         ModelKey::new(&format!("m{n}"), "1").unwrap()
@@ -615,5 +701,90 @@ mod tests {
         load(&cache, 2, 40).await.unwrap();
         assert!(cache.contains(&key(0)), "m0 is older but in use");
         assert!(!cache.contains(&key(1)));
+    }
+}
+
+#[cfg(test)]
+mod share_tests {
+    use super::*;
+
+    struct Owned(&'static str);
+    impl CacheValue for Owned {
+        fn team(&self) -> Option<&str> {
+            Some(self.0)
+        }
+    }
+
+    fn key(team: &str, n: usize) -> ModelKey {
+        ModelKey::new(&format!("{team}{n}"), "1").unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_team_within_its_share_keeps_its_model_while_another_floods() {
+        let cache = ModelCache::<Owned>::new(1000);
+        cache.set_shares(&BTreeMap::from([
+            ("b".to_string(), 0.3),
+            ("a".to_string(), 0.5),
+        ]));
+        let (b_model, _) = cache
+            .get_or_load(&key("b", 0), || async { Ok((Owned("b"), 250)) })
+            .await
+            .unwrap();
+        drop(b_model);
+        for n in 0..40 {
+            cache
+                .get_or_load(&key("a", n), || async { Ok((Owned("a"), 200)) })
+                .await
+                .unwrap();
+            assert!(
+                cache.contains(&key("b", 0)),
+                "b's model evicted while a flooded (after a{n})"
+            );
+            assert!(cache.bytes_used() <= 1000);
+            // b keeps using its model: it is the most recently used, and still never the victim.
+            if n % 3 == 0 {
+                assert!(cache.get(&key("b", 0)).is_some());
+            }
+        }
+        let status = cache.status();
+        assert_eq!(
+            status.teams["b"],
+            TeamUsage {
+                bytes_used: 250,
+                share_bytes: 300
+            }
+        );
+        assert!(status.teams["a"].bytes_used <= 750);
+    }
+
+    #[tokio::test]
+    async fn a_team_over_its_share_loses_its_own_models_first() {
+        let cache = ModelCache::<Owned>::new(1000);
+        cache.set_shares(&BTreeMap::from([("b".to_string(), 0.2)]));
+        // b goes over its 200-byte share with two models; a holds one older model.
+        cache
+            .get_or_load(&key("a", 0), || async { Ok((Owned("a"), 400)) })
+            .await
+            .unwrap();
+        cache
+            .get_or_load(&key("b", 0), || async { Ok((Owned("b"), 300)) })
+            .await
+            .unwrap();
+        cache
+            .get_or_load(&key("b", 1), || async { Ok((Owned("b"), 300)) })
+            .await
+            .unwrap();
+        // Room for 300 more: a (no share, so over it) is least recent and goes first.
+        cache
+            .get_or_load(&key("b", 2), || async { Ok((Owned("b"), 300)) })
+            .await
+            .unwrap();
+        assert!(!cache.contains(&key("a", 0)));
+        // Next, b is the only team over its share: its least recently used goes.
+        cache
+            .get_or_load(&key("b", 3), || async { Ok((Owned("b"), 300)) })
+            .await
+            .unwrap();
+        assert!(!cache.contains(&key("b", 0)) && cache.contains(&key("b", 1)));
     }
 }

@@ -28,6 +28,11 @@ pub enum Command {
         /// Address to listen on (port 0 picks a free one; the bound address is logged).
         #[arg(long, env = "MODEL_ROUTER_ADDR", default_value = "127.0.0.1:8080")]
         addr: String,
+        /// Believe the `x-caller-arn` and `x-caller-claims` headers as the caller's
+        /// identity. Only behind a proxy that authenticates callers and sets (and
+        /// strips) these headers itself; off by default.
+        #[arg(long, env = "TRUST_IDENTITY_HEADERS")]
+        trust_identity_headers: bool,
     },
     /// Send one Lambda event (any event source, or an admin event) through the
     /// handler and print the Lambda-shaped response.
@@ -67,6 +72,37 @@ pub enum Command {
         #[command(flatten)]
         router: RouterArgs,
     },
+    /// Run the Lambda runtime loop of the publisher: S3 uploads under the
+    /// prefix become published versions (docs/publisher.md).
+    #[command(name = "publish-s3")]
+    PublishS3 {
+        #[command(flatten)]
+        publisher: PublishS3Args,
+    },
+}
+
+/// Flags of `publish-s3` (the publisher function of infra/template.yaml).
+#[derive(Debug, Clone, Args)]
+pub struct PublishS3Args {
+    /// The model repository, mounted writable.
+    #[arg(long = "repo", env = "MODEL_ROOT", default_value = "/mnt/models")]
+    pub repo: PathBuf,
+    /// Only keys under this prefix are published: `<prefix><name>/<version>/<file>.ort|.onnx`.
+    #[arg(long, env = "PUBLISH_INCOMING_PREFIX", default_value = "incoming/")]
+    pub prefix: String,
+    /// Where each outcome is written back to the bucket as `<prefix><name>/<version>.json`;
+    /// empty writes none.
+    #[arg(long, env = "PUBLISH_RESULTS_PREFIX", default_value = "results/")]
+    pub results_prefix: String,
+    /// Where downloads wait before they are published (local disk).
+    #[arg(long, env = "MODEL_STAGING_DIR", default_value = "/tmp/model-router")]
+    pub staging_dir: PathBuf,
+    /// The ONNX Runtime shared library, to check that a model loads before publishing it.
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    pub ort_dylib_path: Option<PathBuf>,
+    /// Log format. Default: json on Lambda, text elsewhere.
+    #[arg(long, env = "LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -74,6 +110,16 @@ pub enum Command {
 pub enum LogFormat {
     Json,
     Text,
+}
+
+/// Whether metrics are written (see [`crate::metrics`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricsMode {
+    /// CloudWatch Embedded Metric Format lines on stdout.
+    Emf,
+    /// None.
+    Off,
 }
 
 /// Flags shared by every command that serves models.
@@ -115,6 +161,13 @@ pub struct RouterArgs {
     /// CloudWatch namespace of the metrics (Embedded Metric Format).
     #[arg(long, env = "METRICS_NAMESPACE", default_value = "ModelRouter")]
     pub metrics_namespace: String,
+    /// Metrics: `emf` (CloudWatch Embedded Metric Format on stdout) or `off`.
+    /// Default: emf on Lambda, off elsewhere (so `invoke` prints only its answer).
+    #[arg(long, env = "METRICS")]
+    pub metrics: Option<MetricsMode>,
+    /// How often, at most, the access policy file is checked for changes.
+    #[arg(long, env = "POLICY_RELOAD_SECONDS", default_value_t = 5)]
+    pub policy_reload_seconds: u64,
 }
 
 /// The resolved configuration, logged once at start-up.
@@ -142,6 +195,11 @@ pub struct Config {
     pub max_request_bytes: usize,
     /// METRICS_NAMESPACE.
     pub metrics_namespace: String,
+    /// METRICS: emf or off.
+    pub metrics: MetricsMode,
+    /// POLICY_RELOAD_SECONDS: the policy file is re-read when it changed, checked this often at most.
+    #[serde(with = "seconds")]
+    pub policy_reload_interval: std::time::Duration,
     /// AWS_LAMBDA_FUNCTION_NAME, when running on Lambda.
     pub function_name: Option<String>,
 }
@@ -150,13 +208,51 @@ pub struct Config {
 const LAMBDA_MB_PER_VCPU: u64 = 1769;
 const DEFAULT_CACHE_BYTES: u64 = 1 << 30;
 
+/// What the defaults depend on besides the flags: the variables Lambda sets
+/// and the machine. Separate from [`Config::resolve`] so the defaults can be
+/// tested without a Lambda, a 3 GB function or a full disk.
+#[derive(Debug, Clone, Default)]
+pub struct Host {
+    /// AWS_LAMBDA_RUNTIME_API is set: we run under a Lambda runtime API.
+    pub on_lambda: bool,
+    /// AWS_LAMBDA_FUNCTION_MEMORY_SIZE, in MB.
+    pub lambda_memory_mb: Option<u64>,
+    /// AWS_LAMBDA_FUNCTION_NAME.
+    pub function_name: Option<String>,
+    /// CPUs this process may use.
+    pub cpus: usize,
+    /// Free bytes on the staging directory's filesystem.
+    pub staging_free_bytes: u64,
+}
+
+impl Host {
+    /// This process's environment and machine, with the free space where
+    /// `staging_dir` is (or will be).
+    pub fn current(staging_dir: &std::path::Path) -> Host {
+        Host {
+            on_lambda: std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some(),
+            lambda_memory_mb: std::env::var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok()),
+            function_name: std::env::var("AWS_LAMBDA_FUNCTION_NAME").ok(),
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            staging_free_bytes: free_space(staging_dir),
+        }
+    }
+}
+
 impl Config {
     /// Resolves defaults from the environment Lambda sets and the machine.
     pub fn resolve(args: &RouterArgs) -> Config {
-        let lambda_memory_mb = std::env::var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok());
-        let on_lambda = std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some();
+        Config::resolve_with(args, &Host::current(&args.staging_dir))
+    }
+
+    /// Resolves defaults from `host` (see [`Host`]).
+    pub fn resolve_with(args: &RouterArgs, host: &Host) -> Config {
+        let lambda_memory_mb = host.lambda_memory_mb;
+        let on_lambda = host.on_lambda;
         let cache_bytes = args.cache_bytes.unwrap_or_else(|| {
             lambda_memory_mb
                 .map(|mb| mb * 1024 * 1024 * 6 / 10)
@@ -164,10 +260,8 @@ impl Config {
         });
         let staging_bytes = args
             .staging_bytes
-            .unwrap_or_else(|| free_space(&args.staging_dir) / 10 * 8);
-        let cpus = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
+            .unwrap_or(host.staging_free_bytes / 10 * 8);
+        let cpus = host.cpus.max(1);
         let intra_threads = args
             .ort_intra_threads
             .filter(|n| *n > 0)
@@ -196,7 +290,15 @@ impl Config {
             }),
             max_request_bytes: usize::try_from(args.max_request_bytes).unwrap_or(usize::MAX),
             metrics_namespace: args.metrics_namespace.clone(),
-            function_name: std::env::var("AWS_LAMBDA_FUNCTION_NAME").ok(),
+            // Off locally: `invoke` prints one JSON document on stdout, and
+            // EMF lines only mean something where CloudWatch reads stdout.
+            metrics: args.metrics.unwrap_or(if on_lambda {
+                MetricsMode::Emf
+            } else {
+                MetricsMode::Off
+            }),
+            policy_reload_interval: std::time::Duration::from_secs(args.policy_reload_seconds),
+            function_name: host.function_name.clone(),
         }
     }
 
@@ -214,8 +316,20 @@ impl Config {
             log_format: LogFormat::Text,
             max_request_bytes: 6_000_000,
             metrics_namespace: "ModelRouter".into(),
+            metrics: MetricsMode::Off,
+            policy_reload_interval: std::time::Duration::ZERO,
             function_name: None,
         }
+    }
+}
+
+/// Durations in the logged configuration, as seconds.
+mod seconds {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
     }
 }
 
@@ -272,11 +386,97 @@ mod tests {
         assert!(parse_bytes("5 parsecs").is_err());
     }
 
+    /// Parses `lambda` flags as the binary would (environment twins included).
+    fn args(flags: &[&str]) -> RouterArgs {
+        let argv = ["model-router", "lambda"].iter().chain(flags);
+        match Cli::try_parse_from(argv) {
+            Ok(Cli {
+                command: Some(Command::Lambda { router }),
+            }) => router,
+            other => panic!("not a lambda command line: {other:?}"),
+        }
+    }
+
+    fn lambda_host(memory_mb: u64, cpus: usize) -> Host {
+        Host {
+            on_lambda: true,
+            lambda_memory_mb: Some(memory_mb),
+            function_name: Some("router".into()),
+            cpus,
+            staging_free_bytes: 10_000_000_000,
+        }
+    }
+
+    #[test]
+    fn lambda_defaults_follow_the_function_memory_size() {
+        let config = Config::resolve_with(&args(&[]), &lambda_host(3008, 2));
+        // 60% of 3008 MiB.
+        assert_eq!(config.cache_bytes, 1_892_469_964);
+        // 80% of the free space of /tmp.
+        assert_eq!(config.staging_bytes, 8_000_000_000);
+        assert_eq!(config.intra_threads, 2);
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.metrics, MetricsMode::Emf);
+        assert_eq!(config.function_name.as_deref(), Some("router"));
+
+        // One vCPU per 1769 MB, rounded up, six at most, never more than the CPUs seen.
+        for (memory_mb, cpus, threads) in [
+            (128, 2, 1),
+            (1769, 2, 1),
+            (1770, 2, 2),
+            (5307, 6, 3),
+            (10240, 6, 6),
+            (10240, 8, 6),
+            (10240, 2, 2),
+        ] {
+            let config = Config::resolve_with(&args(&[]), &lambda_host(memory_mb, cpus));
+            assert_eq!(config.intra_threads, threads, "{memory_mb} MB, {cpus} CPUs");
+            assert_eq!(config.cache_bytes, memory_mb * 1024 * 1024 * 6 / 10);
+        }
+    }
+
+    #[test]
+    fn local_defaults_and_explicit_flags() {
+        let local = Host {
+            cpus: 4,
+            staging_free_bytes: 1000,
+            ..Host::default()
+        };
+        let config = Config::resolve_with(&args(&[]), &local);
+        assert_eq!(config.cache_bytes, 1 << 30);
+        assert_eq!(config.staging_bytes, 800);
+        assert_eq!(config.intra_threads, 4);
+        assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(config.metrics, MetricsMode::Off);
+        assert_eq!(config.function_name, None);
+
+        let flags = [
+            "--cache-bytes",
+            "512Mi",
+            "--staging-bytes",
+            "1G",
+            "--ort-intra-threads",
+            "3",
+            "--log-format",
+            "text",
+            "--metrics",
+            "off",
+        ];
+        let config = Config::resolve_with(&args(&flags), &lambda_host(3008, 2));
+        assert_eq!(config.cache_bytes, 512 << 20);
+        assert_eq!(config.staging_bytes, 1_000_000_000);
+        assert_eq!(config.intra_threads, 3);
+        assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(config.metrics, MetricsMode::Off);
+        let config = Config::resolve_with(&args(&["--metrics", "emf"]), &local);
+        assert_eq!(config.metrics, MetricsMode::Emf);
+    }
+
     #[test]
     fn every_flag_has_its_env_twin() {
         use clap::CommandFactory;
         let cli = Cli::command();
-        for sub in ["serve", "invoke", "lambda"] {
+        for sub in ["serve", "invoke", "lambda", "publish-s3"] {
             let command = cli.find_subcommand(sub).unwrap();
             for arg in command.get_arguments() {
                 let id = arg.get_id().as_str();

@@ -29,6 +29,8 @@ pub enum RequestError {
     PayloadTooLarge { size: usize, limit: usize },
     #[error("{0}")]
     Forbidden(String),
+    #[error("{0}")]
+    PolicyUnavailable(String),
 }
 
 /// Every error a request can end in.
@@ -55,6 +57,7 @@ impl Error {
                 RequestError::MethodNotAllowed { .. } => "method_not_allowed",
                 RequestError::PayloadTooLarge { .. } => "payload_too_large",
                 RequestError::Forbidden(_) => "forbidden",
+                RequestError::PolicyUnavailable(_) => "policy_unavailable",
             },
             Error::Repository(e) => match e {
                 RepositoryError::InvalidName { .. } => "invalid_name",
@@ -89,7 +92,9 @@ impl Error {
             "method_not_allowed" => StatusCode::METHOD_NOT_ALLOWED,
             "version_exists" => StatusCode::CONFLICT,
             "payload_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
-            "repository_unavailable" | "cache_busy" => StatusCode::SERVICE_UNAVAILABLE,
+            "repository_unavailable" | "cache_busy" | "policy_unavailable" => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             "model_too_large" => StatusCode::INSUFFICIENT_STORAGE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -135,6 +140,11 @@ mod tests {
                 400,
             ),
             (RequestError::Forbidden("x".into()).into(), "forbidden", 403),
+            (
+                RequestError::PolicyUnavailable("x".into()).into(),
+                "policy_unavailable",
+                503,
+            ),
             (
                 RepositoryError::ModelNotFound { name: "m".into() }.into(),
                 "model_not_found",

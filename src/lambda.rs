@@ -3,22 +3,98 @@
 //! their own response shape; anything else (a direct invoke, an EventBridge
 //! event) is an admin event. `model-router invoke` sends one event through this
 //! same path without AWS.
+//!
+//! lambda_http decides which is which: it tries the event as REST v1, then
+//! HTTP API v2 (Function URLs send v2), then ALB, and only an event that is
+//! none of them becomes a pass-through request (`POST /events` with
+//! [`RequestContext::PassThrough`]). Admin actions are reached on that context
+//! alone, never on a path, so an HTTP request to `/events` is just a 404.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::io::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use bytes::Bytes;
 use lambda_http::request::{LambdaRequest, RequestContext};
 use lambda_http::tower::Service;
-use lambda_http::{Adapter, Body, Context, LambdaEvent, service_fn};
-use serde_json::Value;
+use lambda_http::{Adapter, Body, Context, LambdaEvent, RequestExt, service_fn};
+use serde_json::{Value, json};
 
 use crate::error::{Error, RequestError};
-use crate::http::{RequestId, error_response, handle};
+use crate::http::{RequestId, error_response, handle, json_response};
+use crate::metrics::Metrics;
 use crate::service::ModelService;
+
+/// The function's shared state: built once at init, reused by every
+/// invocation (cloning it is cheap: both halves are handles).
+#[derive(Clone)]
+pub struct Handler {
+    service: ModelService,
+    metrics: Metrics,
+}
+
+impl Handler {
+    pub fn new(service: ModelService, metrics: Metrics) -> Handler {
+        Handler { service, metrics }
+    }
+
+    /// A handler with the metrics the service's configuration asks for.
+    pub fn from_config(service: ModelService) -> Handler {
+        let metrics = Metrics::from_config(service.config());
+        Handler::new(service, metrics)
+    }
+
+    pub fn service(&self) -> &ModelService {
+        &self.service
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Warms `PRELOAD_MODELS` (during init: before the first event). A model
+    /// that fails is logged and reported by `status`; the function still starts.
+    pub async fn preload(&self) {
+        crate::admin::preload(&self.service, &self.metrics).await;
+    }
+
+    /// Sends one event (JSON text of any supported event source, or an admin
+    /// event) through the handler and returns the Lambda-shaped response,
+    /// exactly as the runtime would send it back. The event gets a request id
+    /// `invoke-<n>`, as Lambda would give it one.
+    pub async fn invoke(&self, event: &str) -> Result<Value, serde_json::Error> {
+        static INVOCATIONS: AtomicU64 = AtomicU64::new(1);
+        let request: LambdaRequest = serde_json::from_str(event)?;
+        let handler = self.clone();
+        let mut adapter = Adapter::from(service_fn(move |request| {
+            handle_event(handler.clone(), request)
+        }));
+        let mut context = Context::default();
+        context.request_id = format!("invoke-{}", INVOCATIONS.fetch_add(1, Ordering::Relaxed));
+        let response = match adapter.call(LambdaEvent::new(request, context)).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        serde_json::to_value(&response)
+    }
+
+    /// Writes the last gauges and flushes stdout and stderr: at shutdown,
+    /// within Lambda's shutdown budget (this takes microseconds; every line
+    /// is already written whole as it is made, this only makes sure).
+    pub fn flush(&self) {
+        self.metrics
+            .record_gauges((&self.service.cache_status()).into());
+        self.metrics.flush();
+        let _ = std::io::stdout().lock().flush();
+        let _ = std::io::stderr().lock().flush();
+    }
+}
 
 /// Handles one Lambda event already parsed by lambda_http.
 pub async fn handle_event(
-    service: ModelService,
+    handler: Handler,
     request: lambda_http::Request,
 ) -> Result<http::Response<Body>, Infallible> {
     let (mut parts, body) = request.into_parts();
@@ -28,61 +104,95 @@ pub async fn handle_event(
         Body::Binary(bytes) => Bytes::from(bytes),
         _ => Bytes::new(),
     };
+    let request_id = parts
+        .extensions
+        .get::<Context>()
+        .map(|c| c.request_id.clone())
+        .unwrap_or_default();
     // Only lambda_http's pass-through context, set for events that match no
     // HTTP event shape, reaches the admin actions. No path, header or body of
     // an HTTP event can produce it.
-    let context = parts.extensions.get::<RequestContext>().cloned();
-    if matches!(context, Some(RequestContext::PassThrough)) {
-        let answer = match serde_json::from_slice::<Value>(&body) {
-            Ok(event) => crate::admin::handle(&service, &event).await,
-            Err(e) => {
-                serde_json::json!({"error": format!("the event is not JSON: {e}"), "code": "invalid_json"})
-            }
-        };
-        return Ok(to_lambda(crate::http::json_response(
-            http::StatusCode::OK,
-            &answer,
-        )));
+    if matches!(
+        parts.extensions.get::<RequestContext>(),
+        Some(RequestContext::PassThrough)
+    ) {
+        let answer = admin_event(&handler, &request_id, &body).await;
+        return Ok(to_lambda(json_response(http::StatusCode::OK, &answer)));
     }
-    let limit = service.config().max_request_bytes;
+    let limit = handler.service.config().max_request_bytes;
     if body.len() > limit {
         let error = Error::Request(RequestError::PayloadTooLarge {
             size: body.len(),
             limit,
         });
+        tracing::info!(request_id, status = 413, code = error.code(), "request");
         return Ok(to_lambda(error_response(&error)));
     }
-    if let Some(RequestContext::ApiGatewayV1(ctx)) = &context
-        && let Some(stage) = ctx.stage.as_deref()
-    {
-        strip_stage(&mut parts, stage);
-    }
-    if let Some(id) = parts
-        .extensions
-        .get::<lambda_http::Context>()
-        .map(|c| c.request_id.clone())
-    {
-        parts.extensions.insert(RequestId(id));
-    }
-    let response = handle(&service, http::Request::from_parts(parts, body)).await;
+    use_event_path(&mut parts);
+    parts.extensions.insert(RequestId(request_id));
+    parts.extensions.insert(handler.metrics.clone());
+    let response = handle(&handler.service, http::Request::from_parts(parts, body)).await;
     Ok(to_lambda(response))
 }
 
-/// lambda_http prefixes REST API (v1) paths with the stage (`/prod/models/...`);
-/// routes are stage-independent, so it is removed here.
-fn strip_stage(parts: &mut http::request::Parts, stage: &str) {
-    let prefix = format!("/{stage}");
-    let path = parts.uri.path();
-    if let Some(rest) = path.strip_prefix(&prefix)
-        && rest.starts_with('/')
-    {
-        let rest = match parts.uri.query() {
-            Some(query) => format!("{rest}?{query}"),
-            None => rest.to_string(),
-        };
-        if let Ok(uri) = rest.parse() {
-            parts.uri = uri;
-        }
+/// One admin event: the answer, and one log line saying what was asked and
+/// what came of it.
+async fn admin_event(handler: &Handler, request_id: &str, body: &[u8]) -> Value {
+    let started = Instant::now();
+    let event = serde_json::from_slice::<Value>(body);
+    let answer = match &event {
+        Ok(event) => crate::admin::handle(&handler.service, &handler.metrics, event).await,
+        Err(e) => json!({"error": format!("the event is not JSON: {e}"), "code": "invalid_json"}),
+    };
+    let action = event.as_ref().ok().and_then(|event| {
+        event
+            .get("action")
+            .or_else(|| event.get("detail").and_then(|d| d.get("action")))
+            .and_then(Value::as_str)
+    });
+    let count = |field: &str| answer.get(field).and_then(Value::as_array).map(Vec::len);
+    let code = answer.get("code").and_then(Value::as_str);
+    tracing::info!(
+        request_id,
+        action,
+        warmed = count("warmed"),
+        evicted = count("evicted"),
+        failed = count("failed"),
+        code,
+        total_ms = started.elapsed().as_secs_f64() * 1e3,
+        "admin event"
+    );
+    answer
+}
+
+/// Routes see the path the caller sent, as the local server does. lambda_http
+/// builds its URI from a REST API (v1) path prefixed with the stage
+/// (`/prod/models/...`) and normalised; the event's own path has neither. An
+/// HTTP API (v2) named stage is part of the event's `rawPath` itself, and is
+/// removed here. The query string is kept.
+fn use_event_path(parts: &mut http::request::Parts) {
+    let raw = parts.extensions.raw_http_path();
+    if raw.is_empty() {
+        return;
+    }
+    let path = match parts.extensions.get::<RequestContext>() {
+        Some(RequestContext::ApiGatewayV2(context)) => match context.stage.as_deref() {
+            Some(stage) if stage != "$default" => raw
+                .strip_prefix('/')
+                .and_then(|rest| rest.strip_prefix(stage))
+                .filter(|rest| rest.starts_with('/'))
+                .unwrap_or(raw),
+            _ => raw,
+        },
+        _ => raw,
+    };
+    let uri = match parts.uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_string(),
+    };
+    // A path that is not a valid URI keeps lambda_http's (normalised) one.
+    if let Ok(uri) = uri.parse() {
+        parts.uri = uri;
     }
 }
 
@@ -93,27 +203,30 @@ fn to_lambda(response: http::Response<Bytes>) -> http::Response<Body> {
     })
 }
 
-/// Sends one event (JSON text of any supported event source) through the
-/// handler and returns the Lambda-shaped response, exactly as the runtime
-/// would send it back.
+/// Sends one event through a handler with the metrics `service`'s
+/// configuration asks for; see [`Handler::invoke`].
 pub async fn invoke(service: &ModelService, event: &str) -> Result<Value, serde_json::Error> {
-    let request: LambdaRequest = serde_json::from_str(event)?;
-    let service = service.clone();
-    let mut adapter = Adapter::from(service_fn(move |request| {
-        handle_event(service.clone(), request)
-    }));
-    let context = Context::default();
-    let response = match adapter.call(LambdaEvent::new(request, context)).await {
-        Ok(response) => response,
-        Err(never) => match never {},
-    };
-    serde_json::to_value(&response)
+    Handler::from_config(service.clone()).invoke(event).await
 }
 
-/// Runs the Lambda runtime loop until the runtime ends it.
-pub async fn run(service: ModelService) -> Result<(), lambda_http::Error> {
+/// Runs the Lambda runtime loop. When `shutdown` completes (SIGTERM: Lambda
+/// sends it before ending an instance that has an extension registered),
+/// writes the last metrics, flushes, and exits the process.
+pub async fn run(
+    handler: Handler,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), lambda_http::Error> {
+    // The pid lets an operator (and scripts/lambda-e2e.sh) signal this process.
+    tracing::info!(pid = std::process::id(), "lambda runtime loop starting");
+    let on_shutdown = handler.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        on_shutdown.flush();
+        // The runtime loop never returns on its own; exiting is how it ends.
+        std::process::exit(0);
+    });
     lambda_http::run(service_fn(move |request| {
-        handle_event(service.clone(), request)
+        handle_event(handler.clone(), request)
     }))
     .await
 }

@@ -20,8 +20,15 @@
 //! - [`http`]: the routes (simple predict, Open Inference Protocol, listing,
 //!   health), independent of any front door.
 //! - [`admin`]: warm, evict, status (non-HTTP events only).
+//! - [`policy`] and [`identity`]: teams, who may call which model, cache shares;
+//!   the caller's identity as AWS authenticated it.
+//! - [`metrics`]: metric names and dimensions, and the CloudWatch Embedded
+//!   Metric Format lines they are written as.
 //! - [`server`] and [`lambda`]: the front doors (local HTTP; Lambda runtime and
 //!   the `invoke` CLI).
+//! - [`publisher`]: the `publish-s3` Lambda function, the repository's only
+//!   writer on AWS: S3 uploads verified and published, with SigV4 and a minimal
+//!   S3 client of its own.
 
 pub mod admin;
 pub mod cache;
@@ -29,7 +36,11 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod http;
+pub mod identity;
 pub mod lambda;
+pub mod metrics;
+pub mod policy;
+pub mod publisher;
 pub mod repository;
 pub mod server;
 pub mod service;

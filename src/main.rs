@@ -1,11 +1,13 @@
 //! The `model-router` binary: configuration, logging, then one front door.
 
-use std::io::Read;
+use std::io::{IsTerminal as _, Read};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
 use model_router::config::{Cli, Command, Config, LogFormat, RouterArgs};
+use model_router::metrics::Metrics;
+use model_router::publisher::{Publisher, PublisherConfig};
 use model_router::repository::{ModelName, PublishRequest, Repository, verify};
 use model_router::{ModelService, lambda, server};
 
@@ -14,11 +16,15 @@ fn main() -> ExitCode {
     let command = match cli.command {
         Some(command) => command,
         None if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() => {
+            // The Lambda runtime starts the bootstrap with no arguments: run
+            // `lambda`, its flags from the environment. A bad variable exits
+            // with clap's message, which Lambda shows as the init error.
             match Cli::try_parse_from(["model-router", "lambda"]) {
                 Ok(Cli {
                     command: Some(command),
                 }) => command,
-                _ => unreachable_lambda(),
+                Ok(Cli { command: None }) => unreachable_lambda(),
+                Err(error) => error.exit(),
             }
         }
         None => {
@@ -36,15 +42,20 @@ fn main() -> ExitCode {
 }
 
 fn unreachable_lambda() -> ! {
-    eprintln!("model-router: could not read the lambda configuration from the environment");
+    eprintln!("model-router: `model-router lambda` did not parse as the lambda command");
     std::process::exit(2)
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve { router, addr } => {
+        Command::Serve {
+            router,
+            addr,
+            trust_identity_headers,
+        } => {
             let (config, runtime) = start(&router)?;
             runtime.block_on(async {
+                Metrics::install(Metrics::from_config(&config));
                 let service = build_service(config)?;
                 let listener = tokio::net::TcpListener::bind(&addr)
                     .await
@@ -54,7 +65,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 // On stdout, for scripts and tests that started us on port 0.
                 println!("model-router listening on http://{local}");
                 tracing::info!(%local, "listening");
-                server::serve(listener, service, shutdown_signal()).await?;
+                let options = server::ServeOptions {
+                    trust_identity_headers,
+                };
+                server::serve_with(listener, service, options, shutdown_signal()).await?;
                 Ok(ExitCode::SUCCESS)
             })
         }
@@ -68,9 +82,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 std::fs::read_to_string(&event).with_context(|| format!("reading {event}"))?
             };
             runtime.block_on(async {
-                let service = build_service(config)?;
-                service.preload().await;
-                let response = lambda::invoke(&service, &text)
+                let handler = lambda::Handler::from_config(build_service(config)?);
+                handler.preload().await;
+                let response = handler
+                    .invoke(&text)
                     .await
                     .context("the event is not JSON")?;
                 println!("{}", serde_json::to_string_pretty(&response)?);
@@ -80,9 +95,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Lambda { router } => {
             let (config, runtime) = start(&router)?;
             runtime.block_on(async {
-                let service = build_service(config)?;
-                service.preload().await;
-                lambda::run(service)
+                // Built once, before the first event, and reused by every one.
+                let handler = lambda::Handler::from_config(build_service(config)?);
+                handler.preload().await;
+                lambda::run(handler, shutdown_signal())
                     .await
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
                 Ok(ExitCode::SUCCESS)
@@ -110,6 +126,33 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("published {key}");
             println!("{}", serde_json::to_string_pretty(&manifest)?);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::PublishS3 { publisher } => {
+            let on_lambda = std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some();
+            init_tracing(publisher.log_format.unwrap_or(if on_lambda {
+                LogFormat::Json
+            } else {
+                LogFormat::Text
+            }));
+            let config = PublisherConfig {
+                model_root: publisher.repo,
+                incoming_prefix: publisher.prefix,
+                results_prefix: Some(publisher.results_prefix).filter(|p| !p.is_empty()),
+                staging_dir: publisher.staging_dir,
+                ort_dylib_path: publisher.ort_dylib_path,
+            };
+            tracing::info!(config = %serde_json::to_string(&config)?, "configuration");
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                // Built once, before the first event, and reused by every one.
+                let publisher = Publisher::start(config)?;
+                model_router::publisher::run(publisher)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                Ok(ExitCode::SUCCESS)
+            })
         }
         Command::Verify { repo, name } => {
             init_tracing(LogFormat::Text);
@@ -165,7 +208,10 @@ fn init_tracing(format: LogFormat) {
             .flatten_event(true)
             .with_current_span(false)
             .try_init(),
-        LogFormat::Text => builder.try_init(),
+        // No colour codes in files, pipes or CloudWatch.
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
     };
 }
 

@@ -18,6 +18,14 @@ use crate::service::ModelService;
 struct ServerState {
     service: ModelService,
     max_body: usize,
+    trust_identity_headers: bool,
+}
+
+/// How the server treats callers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServeOptions {
+    /// Take the caller's identity from the `x-caller-*` headers (see [`crate::identity`]).
+    pub trust_identity_headers: bool,
 }
 
 static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
@@ -29,13 +37,33 @@ pub async fn serve(
     service: ModelService,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, service, ServeOptions::default(), shutdown).await
+}
+
+/// [`serve`], with options.
+pub async fn serve_with(
+    listener: TcpListener,
+    service: ModelService,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if options.trust_identity_headers {
+        tracing::warn!(
+            "trusted-header mode: the x-caller-arn and x-caller-claims headers are believed as the caller's identity; \
+             only run this behind a proxy that authenticates callers and sets those headers itself"
+        );
+    }
     let max_body = service.config().max_request_bytes;
     let app = axum::Router::new()
         .fallback(front_door)
         // The router enforces the limit itself (with our JSON 413), so axum's own
         // default limit is lifted.
         .layer(axum::extract::DefaultBodyLimit::disable())
-        .with_state(ServerState { service, max_body });
+        .with_state(ServerState {
+            service,
+            max_body,
+            trust_identity_headers: options.trust_identity_headers,
+        });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
@@ -71,6 +99,9 @@ async fn front_door(State(state): State<ServerState>, request: Request) -> Respo
         .map(str::to_string)
         .unwrap_or_else(|| format!("local-{}", NEXT_REQUEST.fetch_add(1, Ordering::Relaxed)));
     parts.extensions.insert(RequestId(id));
+    if state.trust_identity_headers {
+        parts.extensions.insert(crate::identity::TrustedHeaders);
+    }
     to_axum(handle(&state.service, http::Request::from_parts(parts, bytes)).await)
 }
 

@@ -12,7 +12,9 @@ use crate::config::Config;
 use crate::engine::{
     Engine, EngineConfig, EngineError, LoadedModel, ModelFormat, OutputValue, Signature, Tensor,
 };
-use crate::error::Error;
+use crate::error::{Error, RequestError};
+use crate::identity::Caller;
+use crate::policy::{Access, AccessControl, Policy, PolicyStatus};
 use crate::repository::{
     Manifest, ModelKey, ModelName, Repository, RepositoryError, ResolvedModel, Staging,
     StagingStats,
@@ -27,6 +29,14 @@ pub struct Model {
     pub staged_reused: bool,
     pub stage_ms: f64,
     pub load_ms: f64,
+    /// The team whose cache share this model counts against (see `Policy::team_for`).
+    pub team: Option<String>,
+}
+
+impl crate::cache::CacheValue for Model {
+    fn team(&self) -> Option<&str> {
+        self.team.as_deref()
+    }
 }
 
 /// How a request got its model, for logs and metrics.
@@ -74,6 +84,10 @@ struct Inner {
     engine: Engine,
     /// Preloads that failed, kept for `status`.
     preload_failures: std::sync::Mutex<Vec<WarmFailure>>,
+    /// The team policy (ACCESS_POLICY), re-read when its file changes.
+    access: AccessControl,
+    /// The policy whose cache shares are applied, to notice a reload.
+    shares_applied: std::sync::Mutex<Option<Arc<Policy>>>,
 }
 
 impl ModelService {
@@ -87,7 +101,11 @@ impl ModelService {
             intra_threads: config.intra_threads,
         })?;
         let cache = ModelCache::new(config.cache_bytes);
-        Ok(ModelService {
+        let access = AccessControl::new(
+            config.access_policy.as_deref(),
+            config.policy_reload_interval,
+        );
+        let service = ModelService {
             inner: Arc::new(Inner {
                 config,
                 repository,
@@ -95,8 +113,94 @@ impl ModelService {
                 cache,
                 engine,
                 preload_failures: Default::default(),
+                access,
+                shares_applied: Default::default(),
             }),
+        };
+        // Apply the shares of the policy read at start-up.
+        let _ = service.access();
+        Ok(service)
+    }
+
+    /// The policy in force, applying its cache shares when it changed.
+    fn access(&self) -> Access {
+        let access = self.inner.access.current();
+        if let Access::Policy(policy) = &access {
+            let mut applied = self
+                .inner
+                .shares_applied
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if !applied.as_ref().is_some_and(|a| Arc::ptr_eq(a, policy)) {
+                self.inner.cache.set_shares(&policy.shares());
+                *applied = Some(policy.clone());
+            }
+        }
+        access
+    }
+
+    pub fn policy_status(&self) -> PolicyStatus {
+        self.inner.access.status()
+    }
+
+    /// The caller of `request`, as far as the front door authenticated it.
+    pub fn caller_of(&self, request: &http::Request<bytes::Bytes>) -> Caller {
+        let trust_alb = matches!(self.inner.access.current(), Access::Policy(p) if p.alb_oidc);
+        Caller::of(request, trust_alb)
+    }
+
+    /// Whether `caller` may use `name` at `version` (DESIGN section 8). Decided
+    /// before the repository is touched whenever the policy's model lists
+    /// decide it; only a caller in some team whose lists do not name the model
+    /// has the manifest read, to see whether one of its teams owns it. A refusal
+    /// never says whether the model exists.
+    pub async fn authorize(&self, caller: &Caller, name: &str, version: &str) -> Result<(), Error> {
+        let policy = match self.access() {
+            Access::Open => return Ok(()),
+            Access::Unavailable(message) => {
+                return Err(RequestError::PolicyUnavailable(message).into());
+            }
+            Access::Policy(policy) => policy,
+        };
+        let teams: Vec<String> = policy
+            .teams_of(caller)
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        if teams.is_empty() {
+            return Err(RequestError::Forbidden(format!(
+                "{} belongs to no team of the access policy, so may use no model",
+                caller.describe()
+            ))
+            .into());
+        }
+        let team_refs: Vec<&str> = teams.iter().map(String::as_str).collect();
+        if policy.grants(&team_refs, name) {
+            return Ok(());
+        }
+        let forbidden = || -> Error {
+            RequestError::Forbidden(format!(
+                "{} (team {}) may not use model {name:?}",
+                caller.describe(),
+                teams.join(", ")
+            ))
+            .into()
+        };
+        let Ok(model_name) = ModelName::new(name) else {
+            return Err(forbidden());
+        };
+        let repository = self.inner.repository.clone();
+        let version = version.to_string();
+        let owner = blocking(move || {
+            repository
+                .resolve(&model_name, &version)
+                .map(|m| m.manifest.team)
         })
+        .await?;
+        match owner {
+            Ok(Some(owner)) if teams.contains(&owner) => Ok(()),
+            _ => Err(forbidden()),
+        }
     }
 
     pub fn config(&self) -> &Config {
@@ -216,7 +320,13 @@ impl ModelService {
         let loaded = inner.engine.load(&staged.path, format)?;
         let load_ms = started.elapsed().as_secs_f64() * 1e3;
         let bytes = loaded.footprint_bytes();
-        tracing::info!(model = %key, bytes, stage_ms, load_ms, staged_reused, "model loaded");
+        let team = match self.access() {
+            Access::Policy(policy) => {
+                policy.team_for(key.name().as_str(), resolved.manifest.team.as_deref())
+            }
+            _ => resolved.manifest.team.clone(),
+        };
+        tracing::info!(model = %key, bytes, stage_ms, load_ms, staged_reused, team = team.as_deref(), "model loaded");
         Ok((
             Model {
                 key,
@@ -225,6 +335,7 @@ impl ModelService {
                 staged_reused,
                 stage_ms,
                 load_ms,
+                team,
             },
             bytes,
         ))

@@ -266,33 +266,6 @@ async fn unknown_models_versions_and_routes_get_404() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_model_larger_than_the_budget_gets_507_and_evicts_nothing() {
-    let root = repository(&[("mlp", "1", "mlp.ort"), ("big", "1", "sized_0.ort")]);
-    let server = TestServer::start(root.path(), 128 * 1024).await;
-    let body = json!({"features": [1, 2, 3, 4]});
-    assert_eq!(server.post("/models/mlp/1/predict", &body).await.0, 200);
-    let (status, answer) = server
-        .post(
-            "/models/big/1/predict",
-            &json!({"features": [1, 2, 3, 4, 5, 6, 7, 8]}),
-        )
-        .await;
-    assert_eq!(
-        (status, answer["code"].as_str()),
-        (507, Some("model_too_large")),
-        "{answer}"
-    );
-    let status = server.service.cache_status();
-    assert_eq!(status.entries.len(), 1);
-    assert_eq!(status.evictions, 0);
-    assert_eq!(
-        server.service.staging_stats().hashes,
-        1,
-        "the big one was refused before it was read"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_models_with_what_is_cached() {
     let root = repository(&[
         ("mlp", "1", "mlp.ort"),

@@ -111,8 +111,13 @@ fn int<T: TryFrom<i64> + TryFrom<u64>>(v: &Value) -> Option<T> {
     }
 }
 
-fn float(v: &Value, max: f64) -> Option<f64> {
-    v.as_f64().filter(|x| x.abs() <= max)
+/// A JSON number that rounds to a finite value of the target float type
+/// (`narrow` converts with round-to-nearest). Bounding by the type's largest
+/// value instead would refuse the shortest decimal form of that value
+/// (`3.4028235e38` is a hair above `f32::MAX` as a double, yet is `f32::MAX`),
+/// which is exactly what this server prints for it.
+fn float<T>(v: &Value, narrow: impl Fn(f64) -> T, is_finite: impl Fn(&T) -> bool) -> Option<T> {
+    v.as_f64().map(narrow).filter(is_finite)
 }
 
 /// Converts JSON leaves into a tensor of `ty`, refusing any element that does
@@ -134,10 +139,10 @@ pub fn to_tensor(
         ElementType::Uint32 => TensorData::Uint32(convert(input, ty, leaves, int)?),
         ElementType::Uint64 => TensorData::Uint64(convert(input, ty, leaves, int)?),
         ElementType::Fp16 => TensorData::Fp16(convert(input, ty, leaves, |v| {
-            float(v, f64::from(half::f16::MAX)).map(half::f16::from_f64)
+            float(v, half::f16::from_f64, |x| x.is_finite())
         })?),
         ElementType::Fp32 => TensorData::Fp32(convert(input, ty, leaves, |v| {
-            float(v, f64::from(f32::MAX)).map(|x| x as f32)
+            float(v, |x| x as f32, |x| x.is_finite())
         })?),
         ElementType::Fp64 => TensorData::Fp64(convert(input, ty, leaves, Value::as_f64)?),
         ElementType::Bytes => TensorData::Bytes(convert(input, ty, leaves, |v| {
@@ -228,6 +233,21 @@ pub fn input_tensor(
     leaves: &[&Value],
     declared: Option<ElementType>,
 ) -> Result<(String, Tensor), Error> {
+    let element_type = input_type(signature, name, declared)?;
+    Ok((
+        name.to_string(),
+        to_tensor(name, shape, leaves, element_type)?,
+    ))
+}
+
+/// The element type the model declares for input `name`: an error naming the
+/// model's inputs when it has no such input, and naming both types when the
+/// client `declared` another.
+pub fn input_type(
+    signature: &crate::engine::Signature,
+    name: &str,
+    declared: Option<ElementType>,
+) -> Result<ElementType, Error> {
     let Some(info) = signature.inputs.iter().find(|i| i.name == name) else {
         let names: Vec<_> = signature.inputs.iter().map(describe).collect();
         return Err(invalid(format!(
@@ -251,10 +271,7 @@ pub fn input_tensor(
             element_type
         )));
     }
-    Ok((
-        name.to_string(),
-        to_tensor(name, shape, leaves, *element_type)?,
-    ))
+    Ok(*element_type)
 }
 
 /// `name: float32[batch, 4]`, for messages that say what was expected.
@@ -342,6 +359,18 @@ mod tests {
         assert!(tensor(json!([65504.0]), ElementType::Fp16).is_ok());
         assert!(tensor(json!([true, false]), ElementType::Bool).is_ok());
         assert!(tensor(json!(["héllo"]), ElementType::Bytes).is_ok());
+    }
+
+    #[test]
+    fn floats_that_round_to_the_largest_finite_value_are_that_value() {
+        // 3.4028235e38 (how f32::MAX prints) is above f32::MAX as a double.
+        let t = tensor(json!([3.4028235e38, -3.4028235e38]), ElementType::Fp32).unwrap();
+        assert_eq!(t.data(), &TensorData::Fp32(vec![f32::MAX, f32::MIN]));
+        let t = tensor(json!([65519.0]), ElementType::Fp16).unwrap();
+        assert_eq!(t.data(), &TensorData::Fp16(vec![half::f16::MAX]));
+        // Past the rounding boundary, the value would be infinite: refused.
+        assert!(tensor(json!([3.4028236e38]), ElementType::Fp32).is_err());
+        assert!(tensor(json!([65520.0]), ElementType::Fp16).is_err());
     }
 
     #[test]

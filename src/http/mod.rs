@@ -13,6 +13,7 @@ use http::{Method, Request, Response, StatusCode, header};
 use serde_json::{Value, json};
 
 use crate::error::{Error, RequestError};
+use crate::metrics::{Metrics, RequestMetrics};
 use crate::service::{LoadInfo, ModelService};
 
 /// A request id a front door attaches (Lambda's, or one the server makes up),
@@ -38,25 +39,39 @@ pub async fn handle(service: &ModelService, request: Request<Bytes>) -> Response
         .get::<RequestId>()
         .map(|id| id.0.clone())
         .unwrap_or_default();
-    let method = request.method().clone();
-    let path = request.uri().path().to_string();
     let mut record = RequestRecord::default();
     let result = route(service, &request, &mut record).await;
-    let response = match result {
-        Ok((status, body)) => json_response(status, &body),
-        Err(error) => error_response(&error),
+    let (response, code) = match result {
+        Ok(response) => (response, None),
+        Err(error) => (error_response(&error), Some(error.code())),
     };
-    let code = if response.status().is_success() {
-        None
-    } else {
-        serde_json::from_slice::<Value>(response.body())
-            .ok()
-            .and_then(|b| b["code"].as_str().map(str::to_string))
-    };
+    record_request(
+        service,
+        &request,
+        &request_id,
+        &record,
+        response.status(),
+        code,
+        started,
+    );
+    response
+}
+
+/// The one log line and the metrics of a request. Never logs the body: model
+/// inputs stay out of the logs.
+fn record_request(
+    service: &ModelService,
+    request: &Request<Bytes>,
+    request_id: &str,
+    record: &RequestRecord,
+    status: StatusCode,
+    code: Option<&'static str>,
+    started: Instant,
+) {
     tracing::info!(
         request_id,
-        %method,
-        path,
+        method = %request.method(),
+        path = request.uri().path(),
         model = record.model.as_deref(),
         version = record.version.as_deref(),
         cache = record.load.map(|l| l.outcome.as_str()),
@@ -64,12 +79,28 @@ pub async fn handle(service: &ModelService, request: Request<Bytes>) -> Response
         stage_ms = record.load.map(|l| l.stage_ms),
         load_ms = record.load.map(|l| l.load_ms),
         inference_ms = record.inference_ms,
-        status = response.status().as_u16(),
-        code = code.as_deref(),
+        status = status.as_u16(),
+        code,
         total_ms = started.elapsed().as_secs_f64() * 1e3,
         "request"
     );
-    response
+    // The front door's metrics (Lambda attaches its own), else the process's.
+    let metrics = request
+        .extensions()
+        .get::<Metrics>()
+        .cloned()
+        .unwrap_or_else(Metrics::global);
+    metrics.record_request(
+        service,
+        &RequestMetrics {
+            request_id,
+            model: record.model.as_deref().zip(record.version.as_deref()),
+            load: record.load,
+            inference_ms: record.inference_ms,
+            status: status.as_u16(),
+            code,
+        },
+    );
 }
 
 /// The path split into percent-decoded segments. A segment that is not UTF-8
@@ -112,7 +143,7 @@ async fn route(
     service: &ModelService,
     request: &Request<Bytes>,
     record: &mut RequestRecord,
-) -> Result<(StatusCode, Value), Error> {
+) -> Result<Response<Bytes>, Error> {
     let parts = segments(request.uri().path())?;
     let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
     let method = request.method();
@@ -129,18 +160,28 @@ async fn route(
             .into())
         }
     };
+    // Who may use which model is decided here, before any route reads the
+    // repository or the cache.
+    let caller = service.caller_of(request);
+    if let Some((name, version)) = model_of(&parts) {
+        record.model = Some(name.to_string());
+        record.version = Some(version.to_string());
+        service.authorize(&caller, name, version).await?;
+    }
     match parts.as_slice() {
         ["models"] => {
             only(Method::GET, "GET")?;
-            list_models(service).await
+            list_models(service, &caller).await.map(json_ok)
         }
         ["models", name, version, "predict"] => {
             only(Method::POST, "POST")?;
             record.model = Some(name.to_string());
             record.version = Some(version.to_string());
-            simple::predict(service, name, version, body, record).await
+            simple::predict(service, name, version, body, record)
+                .await
+                .map(json_ok)
         }
-        ["v2", rest @ ..] => v2::route(service, method, rest, body, record, &only).await,
+        ["v2", rest @ ..] => v2::route(service, request, rest, record, &only).await,
         _ => Err(RequestError::RouteNotFound {
             method: method.to_string(),
             path: request.uri().path().to_string(),
@@ -150,7 +191,21 @@ async fn route(
 }
 
 /// `GET /models`: every model and version in the repository, and which are in memory.
-async fn list_models(service: &ModelService) -> Result<(StatusCode, Value), Error> {
+/// The model and version a route addresses, if it addresses one.
+fn model_of<'a>(parts: &[&'a str]) -> Option<(&'a str, &'a str)> {
+    match parts {
+        ["models", name, version, "predict"] => Some((name, version)),
+        ["v2", "models", name, "versions", version, ..] => Some((name, version)),
+        ["v2", "models", name, ..] => Some((name, "latest")),
+        _ => None,
+    }
+}
+
+/// `GET /models`: the models and versions the caller may use, and which are in memory.
+async fn list_models(
+    service: &ModelService,
+    caller: &crate::identity::Caller,
+) -> Result<(StatusCode, Value), Error> {
     let repository = service.repository().clone();
     let listing = tokio::task::spawn_blocking(move || {
         repository.list().map(|models| {
@@ -168,7 +223,21 @@ async fn list_models(service: &ModelService) -> Result<(StatusCode, Value), Erro
     })
     .await
     .map_err(|e| Error::Engine(crate::engine::EngineError::Inference(e.to_string())))??;
-    let models: Vec<Value> = listing
+    let mut visible = Vec::with_capacity(listing.len());
+    for (name, versions, aliases) in listing {
+        let mut allowed = Vec::with_capacity(versions.len());
+        for version in versions {
+            match service.authorize(caller, &name, &version).await {
+                Ok(()) => allowed.push(version),
+                Err(Error::Request(RequestError::Forbidden(_))) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if !allowed.is_empty() {
+            visible.push((name, allowed, aliases));
+        }
+    }
+    let models: Vec<Value> = visible
         .into_iter()
         .map(|(name, versions, aliases)| {
             let versions: Vec<Value> = versions
@@ -186,6 +255,10 @@ async fn list_models(service: &ModelService) -> Result<(StatusCode, Value), Erro
         StatusCode::OK,
         json!({ "models": models, "cache": { "bytes_used": cache.bytes_used, "bytes_budget": cache.bytes_budget, "models_cached": cache.entries.len() } }),
     ))
+}
+
+fn json_ok((status, body): (StatusCode, Value)) -> Response<Bytes> {
+    json_response(status, &body)
 }
 
 pub fn json_response(status: StatusCode, body: &Value) -> Response<Bytes> {

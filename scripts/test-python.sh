@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The tritonclient[http] compatibility test (tests/python): NVIDIA's V2 client
+# against a real `model-router serve`. Builds the binary, makes (or reuses) the
+# test virtualenv, and runs pytest, whose summary line ends the output.
+#
+#   scripts/test-python.sh            # from anywhere; extra args go to pytest
+#   scripts/test-python.sh -k bytes -v
+#
+# The virtualenv is <repo>/.cache/venv-test (not the fixtures' .venv), filled
+# from the pinned scripts/requirements-test.txt; re-runs skip the install
+# while that file is unchanged (scripts/python-env.sh keeps a stamp).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python="$(VENV_DIR="$PWD/.cache/venv-test" scripts/python-env.sh scripts/requirements-test.txt | tail -n 1)"
+
+if [[ -z "${ORT_DYLIB_PATH:-}" ]]; then
+  ORT_DYLIB_PATH="$(scripts/setup-ort.sh | tail -n 1)"
+  export ORT_DYLIB_PATH
+fi
+
+cargo build --locked --quiet --bin model-router
+export MODEL_ROUTER_BIN="$PWD/target/debug/model-router"
+
+exec "$python" -m pytest tests/python -q -p no:cacheprovider "$@"

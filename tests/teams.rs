@@ -1,0 +1,344 @@
+//! Many teams on one function (DESIGN section 8): who may call which model,
+//! through every event source, and fair shares of the cache.
+
+mod common;
+
+use std::path::Path;
+
+use base64::Engine as _;
+use common::{fixture, repository};
+use model_router::repository::{PublishRequest, Repository};
+use model_router::{Config, ModelService};
+use serde_json::{Value, json};
+
+const FRAUD_ARN: &str = "arn:aws:iam::111111111111:role/fraud-scorer";
+const SEARCH_ARN: &str = "arn:aws:iam::222222222222:role/search-api";
+const NOBODY_ARN: &str = "arn:aws:iam::999999999999:role/nobody";
+
+fn policy(alb_oidc: bool) -> String {
+    json!({
+        "teams": {
+            "fraud": {"principals": ["arn:aws:iam::111111111111:role/fraud-*"], "jwt": {"team": "fraud"},
+                      "models": ["fraud-*"], "cache_share": 0.5},
+            "search": {"principals": [SEARCH_ARN], "jwt": {"team": "search"}, "models": ["ranker"], "cache_share": 0.3},
+        },
+        "alb_oidc": alb_oidc,
+    })
+    .to_string()
+}
+
+/// A repository with a fraud model, a search model, and a model the search team
+/// owns through its manifest but that no team lists.
+fn team_repository() -> tempfile::TempDir {
+    let root = repository(&[("fraud-model", "1", "mlp.ort"), ("ranker", "1", "mlp.ort")]);
+    Repository::open(root.path())
+        .unwrap()
+        .publish(&PublishRequest {
+            name: "owned".into(),
+            version: "1".into(),
+            source: fixture("mlp.onnx"),
+            team: Some("search".into()),
+            description: None,
+        })
+        .unwrap();
+    root
+}
+
+fn service(root: &Path, policy_path: &Path, cache_bytes: u64) -> (ModelService, tempfile::TempDir) {
+    let staging = tempfile::tempdir().unwrap();
+    let mut config = Config::for_repository(
+        root.to_path_buf(),
+        staging.path().to_path_buf(),
+        cache_bytes,
+    );
+    config.access_policy = Some(policy_path.to_path_buf());
+    (ModelService::new(config).unwrap(), staging)
+}
+
+/// Who calls, in the terms of one event source.
+#[derive(Clone, Copy)]
+enum Who {
+    Fraud,
+    Search,
+    Nobody,
+}
+
+impl Who {
+    fn arn(self) -> &'static str {
+        match self {
+            Who::Fraud => FRAUD_ARN,
+            Who::Search => SEARCH_ARN,
+            Who::Nobody => NOBODY_ARN,
+        }
+    }
+    fn team(self) -> &'static str {
+        match self {
+            Who::Fraud => "fraud",
+            Who::Search => "search",
+            Who::Nobody => "nobody",
+        }
+    }
+}
+
+/// The ALB's OIDC token: header.payload.signature, claims in the payload.
+fn oidc_token(team: &str) -> String {
+    let encode = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    format!(
+        "{}.{}.c2ln",
+        encode(&json!({"alg": "ES256", "kid": "k"})),
+        encode(&json!({"sub": "user-1", "team": team}))
+    )
+}
+
+/// An event of `source` from its template in tests/data/teams, calling `model`
+/// as `who`, optionally with forged identity headers and body fields.
+fn event(source: &str, who: Who, model: &str, forged: bool) -> String {
+    event_with(
+        source,
+        who,
+        model,
+        forged,
+        json!({"features": [0.5, -1.25, 2.0, 0.75]}),
+    )
+}
+
+fn event_with(source: &str, who: Who, model: &str, forged: bool, mut body: Value) -> String {
+    let template = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/data/teams/{source}.json")),
+    )
+    .unwrap();
+    if forged {
+        body["caller"] = json!(FRAUD_ARN);
+        body["team"] = json!("fraud");
+    }
+    let text = template
+        .replace("MODEL", model)
+        .replace("CALLER_ARN", who.arn())
+        .replace("CALLER_TEAM", who.team())
+        .replace("OIDC_DATA", &oidc_token(who.team()))
+        .replace(
+            "\"BODY\"",
+            &serde_json::to_string(&body.to_string()).unwrap(),
+        );
+    let mut event: Value = serde_json::from_str(&text).unwrap();
+    if forged {
+        // Everything a caller can set freely, claiming to be the fraud team.
+        let headers = event["headers"].as_object_mut().unwrap();
+        headers.insert("x-caller-arn".into(), json!(FRAUD_ARN));
+        headers.insert("x-caller-claims".into(), json!(r#"{"team":"fraud"}"#));
+        if source != "alb_oidc" {
+            // (An ALB that authenticates overwrites this header itself, so
+            // only other sources can be sent a forged one.)
+            headers.insert("x-amzn-oidc-data".into(), json!(oidc_token("fraud")));
+        }
+        if let Some(multi) = event
+            .get_mut("multiValueHeaders")
+            .and_then(Value::as_object_mut)
+        {
+            multi.insert("x-caller-arn".into(), json!([FRAUD_ARN]));
+        }
+    }
+    event.to_string()
+}
+
+async fn status_of(service: &ModelService, event: &str) -> (u16, Value) {
+    let response = model_router::lambda::invoke(service, event).await.unwrap();
+    let status = response["statusCode"].as_u64().unwrap() as u16;
+    let body: Value = serde_json::from_str(response["body"].as_str().unwrap()).unwrap();
+    (status, body)
+}
+
+const SOURCES: [&str; 4] = [
+    "apigw_rest_iam",
+    "apigw_http_iam",
+    "function_url_iam",
+    "apigw_http_jwt",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_source_admits_its_team_and_refuses_others() {
+    let root = team_repository();
+    let dir = tempfile::tempdir().unwrap();
+    let policy_path = dir.path().join("policy.json");
+    std::fs::write(&policy_path, policy(true)).unwrap();
+    let (service, _staging) = service(root.path(), &policy_path, 1 << 30);
+
+    for source in SOURCES.into_iter().chain(["alb_oidc"]) {
+        let cases = [
+            (Who::Fraud, "fraud-model", false, 200),
+            (Who::Search, "ranker", false, 200),
+            (Who::Fraud, "ranker", false, 403),
+            (Who::Search, "fraud-model", false, 403),
+            (Who::Nobody, "fraud-model", false, 403),
+            (Who::Nobody, "fraud-model", true, 403),
+            (Who::Search, "fraud-model", true, 403),
+            // A model's owner may always call it; others may not, and a refusal
+            // looks the same whether or not the model exists.
+            (Who::Search, "owned", false, 200),
+            (Who::Fraud, "owned", false, 403),
+            (Who::Fraud, "fraud-nonexistent", false, 404),
+            (Who::Search, "nonexistent", false, 403),
+        ];
+        for (who, model, forged, want) in cases {
+            let (status, body) = status_of(&service, &event(source, who, model, forged)).await;
+            let context = format!(
+                "{source}: {} calling {model} (forged: {forged})",
+                who.team()
+            );
+            assert_eq!(status, want, "{context}: {body}");
+            if want == 403 {
+                assert_eq!(body["code"], "forbidden", "{context}");
+                assert!(
+                    !body["error"]
+                        .as_str()
+                        .unwrap()
+                        .contains("not in the repository"),
+                    "{context}: {body}"
+                );
+            }
+            if want == 200 {
+                assert_eq!(body["model"], model, "{context}");
+            }
+        }
+    }
+    // Nothing refused was ever loaded.
+    let cached: Vec<String> = service
+        .cache_status()
+        .entries
+        .into_iter()
+        .map(|e| e.model)
+        .collect();
+    assert!(cached.iter().all(|m| m != "fraud-nonexistent/1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alb_headers_are_ignored_unless_the_policy_says_the_alb_authenticates() {
+    let root = team_repository();
+    let dir = tempfile::tempdir().unwrap();
+    let policy_path = dir.path().join("policy.json");
+    std::fs::write(&policy_path, policy(false)).unwrap();
+    let (service, _staging) = service(root.path(), &policy_path, 1 << 30);
+    let (status, body) = status_of(
+        &service,
+        &event("alb_oidc", Who::Fraud, "fraud-model", false),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("forbidden")),
+        "{body}"
+    );
+    assert!(
+        body["error"].as_str().unwrap().contains("unauthenticated"),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_believes_identity_headers_only_in_trusted_mode() {
+    let root = team_repository();
+    let dir = tempfile::tempdir().unwrap();
+    let policy_path = dir.path().join("policy.json");
+    std::fs::write(&policy_path, policy(false)).unwrap();
+    for trusted in [false, true] {
+        let (service, _staging) = service(root.path(), &policy_path, 1 << 30);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let options = model_router::server::ServeOptions {
+            trust_identity_headers: trusted,
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(model_router::server::serve_with(
+            listener,
+            service,
+            options,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let body = r#"{"features": [1, 2, 3, 4]}"#;
+        let request = |arn: &str| {
+            format!(
+                "POST /models/fraud-model/1/predict HTTP/1.1\r\nHost: x\r\nx-caller-arn: {arn}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        for (arn, want_trusted) in [(FRAUD_ARN, 200), (SEARCH_ARN, 403), (NOBODY_ARN, 403)] {
+            let status = raw_status(addr, &request(arn)).await;
+            assert_eq!(
+                status,
+                if trusted { want_trusted } else { 403 },
+                "trusted={trusted} arn={arn}"
+            );
+        }
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+    }
+}
+
+async fn raw_status(addr: std::net::SocketAddr, request: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_policy_keeps_the_last_good_one_and_no_good_policy_refuses_everything() {
+    let root = team_repository();
+    let dir = tempfile::tempdir().unwrap();
+    let policy_path = dir.path().join("policy.json");
+    std::fs::write(&policy_path, policy(false)).unwrap();
+    let (service, _staging) = service(root.path(), &policy_path, 1 << 30);
+    let allowed = event("apigw_http_iam", Who::Fraud, "fraud-model", false);
+    assert_eq!(status_of(&service, &allowed).await.0, 200);
+
+    std::fs::write(
+        &policy_path,
+        r#"{"teams": {"fraud": {"principals": ["*"], "models": ["*"], "cache_share": 7}}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        status_of(&service, &allowed).await.0,
+        200,
+        "the last good policy is still in force"
+    );
+    let forbidden = event("apigw_http_iam", Who::Nobody, "fraud-model", false);
+    assert_eq!(
+        status_of(&service, &forbidden).await.0,
+        403,
+        "the malformed policy (which allows everyone) did not take effect"
+    );
+    let status = service.policy_status();
+    assert!(status.loaded);
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("cache_share"),
+        "{status:?}"
+    );
+    let admin = model_router::lambda::invoke(&service, r#"{"action": "status"}"#)
+        .await
+        .unwrap();
+    assert!(
+        admin.to_string().contains("cache_share"),
+        "status shows why the file on disk is not in force: {admin}"
+    );
+
+    // A process that never read a good policy refuses every request, clearly.
+    let (fresh, _staging2) = self::service(root.path(), &policy_path, 1 << 30);
+    let (status, body) = status_of(&fresh, &allowed).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("policy_unavailable")),
+        "{body}"
+    );
+    assert!(
+        body["error"].as_str().unwrap().contains("refused"),
+        "{body}"
+    );
+}
