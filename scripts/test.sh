@@ -27,3 +27,7 @@ cargo test --locked
 
 section "tritonclient[http] compatibility (pytest)"
 scripts/test-python.sh
+
+section "infrastructure: cfn-lint, sam validate --lint, checkov, hadolint, static checks, binary smoke test"
+cargo build --locked --quiet --bin model-router
+MODEL_ROUTER_BIN="$PWD/target/debug/model-router" scripts/check-infra.sh

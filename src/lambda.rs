@@ -212,10 +212,35 @@ pub async fn invoke(service: &ModelService, event: &str) -> Result<Value, serde_
 /// Runs the Lambda runtime loop. When `shutdown` completes (SIGTERM: Lambda
 /// sends it before ending an instance that has an extension registered),
 /// writes the last metrics, flushes, and exits the process.
+/// Checks the variables Lambda sets for every runtime. lambda_runtime panics
+/// when one is missing; outside Lambda (started by hand, or a broken emulator)
+/// this says which one instead.
+pub fn check_lambda_environment() -> Result<(), String> {
+    for name in [
+        "AWS_LAMBDA_RUNTIME_API",
+        "AWS_LAMBDA_FUNCTION_NAME",
+        "AWS_LAMBDA_FUNCTION_VERSION",
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+    ] {
+        let value = std::env::var(name).unwrap_or_default();
+        let usable = match name {
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE" => value.parse::<i32>().is_ok(),
+            _ => !value.is_empty(),
+        };
+        if !usable {
+            return Err(format!(
+                "{name} is not set: the Lambda runtime sets it (to try events locally, use `model-router invoke` or `cargo lambda watch`)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub async fn run(
     handler: Handler,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), lambda_http::Error> {
+    check_lambda_environment()?;
     // The pid lets an operator (and scripts/lambda-e2e.sh) signal this process.
     tracing::info!(pid = std::process::id(), "lambda runtime loop starting");
     let on_shutdown = handler.clone();

@@ -35,7 +35,7 @@ fn main() -> ExitCode {
     match run(command) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("model-router: {error:#}");
+            eprintln!("model-router: error: {error:#}");
             ExitCode::from(2)
         }
     }

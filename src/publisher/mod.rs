@@ -598,25 +598,11 @@ impl Publisher {
 
 /// Runs the Lambda runtime loop with `publisher` handling every event.
 pub async fn run(publisher: Publisher) -> Result<(), lambda_runtime::Error> {
-    // lambda_runtime panics on a missing variable; outside Lambda (started by
-    // hand, or a broken emulator) say which one instead.
-    for name in [
-        "AWS_LAMBDA_RUNTIME_API",
-        "AWS_LAMBDA_FUNCTION_NAME",
-        "AWS_LAMBDA_FUNCTION_VERSION",
-        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
-    ] {
-        let value = std::env::var(name).unwrap_or_default();
-        let usable = match name {
-            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE" => value.parse::<i32>().is_ok(),
-            _ => !value.is_empty(),
-        };
-        if !usable {
-            return Err(Box::new(PublisherError::NotOnLambda(format!(
-                "{name} is not set (Lambda sets it; to publish by hand use `model-router publish`)"
-            ))));
-        }
-    }
+    crate::lambda::check_lambda_environment().map_err(|why| {
+        Box::new(PublisherError::NotOnLambda(format!(
+            "{why}; to publish by hand use `model-router publish`"
+        ))) as lambda_runtime::Error
+    })?;
     tracing::info!(pid = std::process::id(), "publish-s3 runtime loop starting");
     lambda_runtime::run(lambda_runtime::service_fn(
         move |event: LambdaEvent<Value>| {
