@@ -10,7 +10,9 @@
 //!
 //! Dimensions are `FunctionName` on every metric, plus `Model` (`name/version`)
 //! when the request reached a published model, plus `Code` on the error-by-code
-//! line. A model name a caller typed is only a dimension once the repository
+//! line. Per-request metrics also roll up by `Team` (the team the model's cache
+//! bytes count against) once the model is loaded, and `CacheBytesUsed` is
+//! written per `Team` whenever a team's usage can have changed (a load, a warm). A model name a caller typed is only a dimension once the repository
 //! knew it: otherwise every misspelt name would become a new CloudWatch metric
 //! (each one billed), and a caller could create them at will.
 
@@ -97,6 +99,7 @@ pub const ALL: [Metric; 13] = [
 pub const FUNCTION_NAME: &str = "FunctionName";
 pub const MODEL: &str = "Model";
 pub const CODE: &str = "Code";
+pub const TEAM: &str = "Team";
 
 /// `FunctionName` outside Lambda (AWS_LAMBDA_FUNCTION_NAME unset).
 pub const LOCAL_FUNCTION_NAME: &str = "model-router";
@@ -272,6 +275,10 @@ impl Metrics {
             values.push((INFERENCE_MS, ms));
         }
         let mut line = emitter.line(model.as_deref());
+        let team = request.team.filter(|_| model.is_some());
+        if let Some(team) = team {
+            line.property(TEAM, json!(team));
+        }
         line.property("RequestId", json!(request.request_id));
         line.property("Status", json!(request.status));
         if let Some(code) = request.code {
@@ -280,12 +287,17 @@ impl Metrics {
         if let Some(load) = load {
             line.property("Cache", json!(load.outcome.as_str()));
         }
-        line.directive(&model_dimensions(model.is_some()), &values);
-        line.directive(
-            &[&[FUNCTION_NAME]],
-            &emitter.gauges((&service.cache_status()).into()),
-        );
+        let mut dimensions = model_dimensions(model.is_some());
+        if team.is_some() {
+            dimensions.push(&[FUNCTION_NAME, TEAM]);
+        }
+        line.directive(&dimensions, &values);
+        let cache = service.cache_status();
+        line.directive(&[&[FUNCTION_NAME]], &emitter.gauges((&cache).into()));
         emitter.write(line);
+        if load.is_some_and(|l| l.outcome == CacheOutcome::Miss) {
+            emitter.team_usage(&cache);
+        }
 
         if let Some(code) = request.code {
             let mut line = emitter.line(model.as_deref());
@@ -324,7 +336,9 @@ impl Metrics {
             line.directive(&model_dimensions(true), &[(CHECKSUM_FAILURES, 1.0)]);
             emitter.write(line);
         }
-        self.record_gauges((&service.cache_status()).into());
+        let cache = service.cache_status();
+        self.record_gauges((&cache).into());
+        emitter.team_usage(&cache);
     }
 
     /// Records the cache gauges (after admin events, at init and at shutdown;
@@ -374,6 +388,8 @@ pub struct RequestMetrics<'a> {
     /// The model name and version as the route named them (or, after a load,
     /// the concrete version).
     pub model: Option<(&'a str, &'a str)>,
+    /// The loaded model's team (from the access policy or its manifest).
+    pub team: Option<&'a str>,
     pub load: Option<LoadInfo>,
     pub inference_ms: Option<f64>,
     pub status: u16,
@@ -435,6 +451,21 @@ impl Emitter {
 
     fn write(&self, line: Line) {
         self.sink.write_line(&line.finish());
+    }
+
+    /// One line per team: the bytes its cached models use, dimensioned by
+    /// `Team`, with its guaranteed share as a property.
+    fn team_usage(&self, cache: &CacheStatus) {
+        for (team, usage) in &cache.teams {
+            let mut line = self.line(None);
+            line.property(TEAM, json!(team));
+            line.property("ShareBytes", json!(usage.share_bytes));
+            line.directive(
+                &[&[FUNCTION_NAME, TEAM]],
+                &[(CACHE_BYTES_USED, usage.bytes_used as f64)],
+            );
+            self.write(line);
+        }
     }
 }
 
@@ -589,6 +620,7 @@ mod tests {
         let typed = RequestMetrics {
             request_id: "r",
             model: Some(("no-such-model", "1")),
+            team: None,
             load: None,
             inference_ms: None,
             status: 404,

@@ -342,3 +342,63 @@ async fn a_malformed_policy_keeps_the_last_good_one_and_no_good_policy_refuses_e
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_carry_the_team_dimension_and_bytes_per_team() {
+    use model_router::lambda::Handler;
+    use model_router::metrics::{Capture, Metrics};
+    let root = team_repository();
+    let dir = tempfile::tempdir().unwrap();
+    let policy_path = dir.path().join("policy.json");
+    std::fs::write(&policy_path, policy(false)).unwrap();
+    let (service, _staging) = service(root.path(), &policy_path, 1 << 30);
+    let capture = Capture::default();
+    let handler = Handler::new(service, Metrics::new("ModelRouter", "fn", capture.clone()));
+    let answer = handler
+        .invoke(&event("apigw_http_iam", Who::Search, "owned", false))
+        .await
+        .unwrap();
+    assert_eq!(answer["statusCode"], 200, "{answer}");
+    let lines: Vec<Value> = capture
+        .lines()
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // The request line rolls up by team: the manifest makes "search" the owner.
+    let request = lines
+        .iter()
+        .find(|l| l["Requests"] == 1)
+        .expect("a request line");
+    assert_eq!(request["Team"], "search");
+    let dimension_sets = &request["_aws"]["CloudWatchMetrics"][0]["Dimensions"];
+    assert!(
+        dimension_sets
+            .as_array()
+            .unwrap()
+            .contains(&json!(["FunctionName", "Team"])),
+        "{request}"
+    );
+    // The load wrote each team's bytes, dimensioned by team.
+    let usage: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["Team"].is_string() && l.get("ShareBytes").is_some())
+        .collect();
+    let search = usage
+        .iter()
+        .find(|l| l["Team"] == "search")
+        .expect("search usage");
+    assert!(search["CacheBytesUsed"].as_u64().unwrap() > 0);
+    assert_eq!(
+        search["ShareBytes"].as_u64().unwrap(),
+        ((1u64 << 30) as f64 * 0.3) as u64
+    );
+    assert_eq!(
+        search["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+        json!([["FunctionName", "Team"]])
+    );
+    let fraud = usage
+        .iter()
+        .find(|l| l["Team"] == "fraud")
+        .expect("fraud usage, with a share and nothing cached");
+    assert_eq!(fraud["CacheBytesUsed"], 0);
+}

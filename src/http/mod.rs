@@ -28,6 +28,17 @@ pub struct RequestRecord {
     pub version: Option<String>,
     pub load: Option<LoadInfo>,
     pub inference_ms: Option<f64>,
+    /// The team the model's cache bytes count against, once it is loaded.
+    pub team: Option<String>,
+}
+
+impl RequestRecord {
+    /// Notes the model a route got: how it got it, its concrete version, its team.
+    pub fn loaded(&mut self, lease: &crate::cache::Lease<crate::service::Model>, load: LoadInfo) {
+        self.load = Some(load);
+        self.version = Some(lease.key().version().to_string());
+        self.team = lease.value().team.clone();
+    }
 }
 
 /// Routes one request and answers it. Never panics on input; every error
@@ -74,6 +85,7 @@ fn record_request(
         path = request.uri().path(),
         model = record.model.as_deref(),
         version = record.version.as_deref(),
+        team = record.team.as_deref(),
         cache = record.load.map(|l| l.outcome.as_str()),
         staged_reused = record.load.map(|l| l.staged_reused),
         stage_ms = record.load.map(|l| l.stage_ms),
@@ -95,6 +107,7 @@ fn record_request(
         &RequestMetrics {
             request_id,
             model: record.model.as_deref().zip(record.version.as_deref()),
+            team: record.team.as_deref(),
             load: record.load,
             inference_ms: record.inference_ms,
             status: status.as_u16(),
@@ -175,8 +188,6 @@ async fn route(
         }
         ["models", name, version, "predict"] => {
             only(Method::POST, "POST")?;
-            record.model = Some(name.to_string());
-            record.version = Some(version.to_string());
             simple::predict(service, name, version, body, record)
                 .await
                 .map(json_ok)
@@ -190,7 +201,6 @@ async fn route(
     }
 }
 
-/// `GET /models`: every model and version in the repository, and which are in memory.
 /// The model and version a route addresses, if it addresses one.
 fn model_of<'a>(parts: &[&'a str]) -> Option<(&'a str, &'a str)> {
     match parts {

@@ -69,8 +69,7 @@ pub(super) async fn predict(
         serde_json::from_slice(body).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
     let parsed = parse(&body)?;
     let (lease, load) = service.model(name, version).await?;
-    record.load = Some(load);
-    record.version = Some(lease.key().version().to_string());
+    record.loaded(&lease, load);
     let signature = lease.value().loaded.signature();
     let inputs = match parsed {
         Body::Features(array) => {

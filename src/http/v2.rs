@@ -110,8 +110,6 @@ pub(super) async fn route(
                 ["versions", version, action] => (*version, Some(*action)),
                 _ => return Err(not_found(method, rest)),
             };
-            record.model = Some(name.to_string());
-            record.version = Some(version.to_string());
             match action {
                 None => {
                     only(Method::GET, "GET")?;
@@ -252,8 +250,7 @@ async fn infer(
     let outputs = Outputs::parse(&request)?;
 
     let (lease, load) = service.model(name, version).await?;
-    record.load = Some(load);
-    record.version = Some(lease.key().version().to_string());
+    record.loaded(&lease, load);
     let signature = lease.value().loaded.signature();
     let onnx_types: Vec<(String, String)> = signature
         .outputs
