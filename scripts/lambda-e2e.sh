@@ -190,6 +190,9 @@ print("     e.g.", json.dumps(requests[0]) if requests else "-")
 shutdown = next((i for i, l in enumerate(lines) if "shutting down" in l), None)
 flushed = shutdown is not None and any('{"_aws"' in l for l in lines[shutdown:])
 print(f"{'ok  ' if flushed else 'FAIL'} SIGTERM: logged 'shutting down', then wrote the last gauges")
+compiled = sum(1 for l in lines if l.lstrip().startswith("Compiling "))
+if compiled:
+    print(f"     (cargo lambda watch compiled {compiled} crates first: the sources changed since the build above)")
 if not (ok and flushed):
     print("\n".join(lines[-40:]))
     sys.exit(1)

@@ -209,9 +209,6 @@ pub async fn invoke(service: &ModelService, event: &str) -> Result<Value, serde_
     Handler::from_config(service.clone()).invoke(event).await
 }
 
-/// Runs the Lambda runtime loop. When `shutdown` completes (SIGTERM: Lambda
-/// sends it before ending an instance that has an extension registered),
-/// writes the last metrics, flushes, and exits the process.
 /// Checks the variables Lambda sets for every runtime. lambda_runtime panics
 /// when one is missing; outside Lambda (started by hand, or a broken emulator)
 /// this says which one instead.
@@ -236,6 +233,9 @@ pub fn check_lambda_environment() -> Result<(), String> {
     Ok(())
 }
 
+/// Runs the Lambda runtime loop. When `shutdown` completes (SIGTERM: Lambda
+/// sends it before ending an instance that has an extension registered),
+/// writes the last metrics, flushes, and exits the process.
 pub async fn run(
     handler: Handler,
     shutdown: impl Future<Output = ()> + Send + 'static,
