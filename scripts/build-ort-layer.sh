@@ -18,9 +18,8 @@
 # .cache/wheels, shared with setup-ort.sh).
 set -euo pipefail
 
-ORT_VERSION="1.32.0"
-SHA256_x86_64="5a34fc4dfeb5a7b4a74c95dcba1e773d722abda720b474edf1b0c419dc6d163d"
-SHA256_aarch64="2303372a85299b6757b0e11e1cbf13e410ddf7e10c37f4b37e99d1c90e7daf7c"
+# ORT_VERSION, SHA256_x86_64, SHA256_aarch64
+source "$(dirname "${BASH_SOURCE[0]}")/ort-pins.sh"
 
 log() { printf 'build-ort-layer: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }

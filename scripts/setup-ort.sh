@@ -13,15 +13,13 @@
 # Env overrides: ORT_CACHE_DIR (default <repo>/.cache), PYTHON (default python3).
 set -euo pipefail
 
-ORT_VERSION="1.32.0"
+# ORT_VERSION, SHA256_x86_64, SHA256_aarch64
+source "$(dirname "${BASH_SOURCE[0]}")/ort-pins.sh"
 # The wheel's Python tag does not matter for the C library (it is the same
 # libonnxruntime.so in every cpXY wheel); cp311 is pinned for a stable hash.
 PY_VERSION="3.11"
 PY_TAG="311"
 
-# sha256 of onnxruntime-1.32.0-cp311-cp311-manylinux_2_28_<arch>.whl on PyPI.
-SHA256_x86_64="5a34fc4dfeb5a7b4a74c95dcba1e773d722abda720b474edf1b0c419dc6d163d"
-SHA256_aarch64="2303372a85299b6757b0e11e1cbf13e410ddf7e10c37f4b37e99d1c90e7daf7c"
 
 log() { printf 'setup-ort: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }

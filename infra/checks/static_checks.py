@@ -235,25 +235,27 @@ def cmd_dockerfile(repo: str) -> None:
 
     # The ONNX Runtime pins agree with the project's own set-up.
     mine = {k.lower(): v for k, v in re.findall(r"ARG ORT_SHA256_(X86_64|AARCH64)=([0-9a-f]{64})", text)}
-    setup = ort_pins(os.path.join(repo, "scripts", "setup-ort.sh"))
-    layer = ort_pins(os.path.join(repo, "scripts", "build-ort-layer.sh"))
+    pins = ort_pins(os.path.join(repo, "scripts", "ort-pins.sh"))
     problems = []
     if set(mine) != {"x86_64", "aarch64"}:
         problems.append("infra/Dockerfile lacks ORT_SHA256_X86_64/AARCH64")
-    for label, other in (("scripts/setup-ort.sh", setup), ("scripts/build-ort-layer.sh", layer)):
+    for label in ("scripts/setup-ort.sh", "scripts/build-ort-layer.sh"):
+        if "ort-pins.sh" not in open(os.path.join(repo, label), encoding="utf-8").read():
+            problems.append(f"{label} does not source scripts/ort-pins.sh")
+    for label, other in (("scripts/ort-pins.sh", pins),):
         if not other:
             problems.append(f"{label}: no pinned sha256 found")
         for k, v in other.items():
             if mine.get(k) != v:
                 problems.append(f"{label} pins {k} {v}, infra/Dockerfile {mine.get(k)}")
     versions = set(re.findall(r"ORT_VERSION=\"?([0-9.]+)", text))
-    for label in ("scripts/setup-ort.sh", "scripts/build-ort-layer.sh"):
+    for label in ("scripts/ort-pins.sh",):
         p = os.path.join(repo, label)
         if os.path.exists(p):
             versions |= set(re.findall(r"ORT_VERSION=\"?([0-9.]+)", open(p, encoding="utf-8").read()))
     if len(versions) != 1:
         problems.append(f"ONNX Runtime versions disagree: {sorted(versions)}")
-    check("dockerfile: onnxruntime wheel version and sha256 match setup-ort.sh and build-ort-layer.sh", not problems,
+    check("dockerfile: onnxruntime wheel version and sha256 match scripts/ort-pins.sh", not problems,
           detail_ok=f"onnxruntime=={next(iter(versions))}, x86_64 {mine.get('x86_64', '')[:12]}..., aarch64 {mine.get('aarch64', '')[:12]}...",
           detail_fail="; ".join(problems))
 

@@ -666,7 +666,7 @@ fn check_tensor(info: &ValueInfo, tensor: &Tensor) -> Result<(), EngineError> {
         return Err(EngineError::InvalidInput(format!(
             "input '{name}' expects rank {} (shape {}), got rank {} (shape {got_shape:?})",
             shape.len(),
-            describe_dims(shape),
+            shape_string(shape),
             got_shape.len()
         )));
     }
@@ -676,7 +676,7 @@ fn check_tensor(info: &ValueInfo, tensor: &Tensor) -> Result<(), EngineError> {
         {
             return Err(EngineError::InvalidInput(format!(
                 "input '{name}' dimension {axis} must be {want} (shape {}), got {got} (shape {got_shape:?})",
-                describe_dims(shape)
+                shape_string(shape)
             )));
         }
     }
@@ -731,21 +731,9 @@ fn describe_kind(kind: &ValueKind) -> String {
         ValueKind::Tensor {
             element_type,
             shape,
-        } => format!("{element_type} {}", describe_dims(shape)),
+        } => format!("{element_type} {}", shape_string(shape)),
         ValueKind::Other { description } => description.clone(),
     }
-}
-
-fn describe_dims(shape: &[Dim]) -> String {
-    let dims: Vec<String> = shape
-        .iter()
-        .map(|dim| match dim {
-            Dim::Fixed(n) => n.to_string(),
-            Dim::Dynamic(Some(symbol)) => symbol.clone(),
-            Dim::Dynamic(None) => "-1".to_owned(),
-        })
-        .collect();
-    format!("[{}]", dims.join(", "))
 }
 
 /// `features (float32 [N, 4]), mask (bool [N])`

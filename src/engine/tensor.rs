@@ -238,6 +238,24 @@ pub enum Dim {
     Dynamic(Option<String>),
 }
 
+impl fmt::Display for Dim {
+    /// A fixed size as its number, a dynamic one by its symbol (`batch`), or
+    /// `?` when the model names none.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Dim::Fixed(n) => write!(f, "{n}"),
+            Dim::Dynamic(Some(symbol)) => f.write_str(symbol),
+            Dim::Dynamic(None) => f.write_str("?"),
+        }
+    }
+}
+
+/// A declared shape for messages: `[batch, 4]`.
+pub fn shape_string(shape: &[Dim]) -> String {
+    let dims: Vec<String> = shape.iter().map(Dim::to_string).collect();
+    format!("[{}]", dims.join(", "))
+}
+
 /// The declared type of a model input or output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ValueKind {

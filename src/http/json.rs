@@ -276,21 +276,18 @@ pub fn input_type(
 
 /// `name: float32[batch, 4]`, for messages that say what was expected.
 pub fn describe(info: &crate::engine::ValueInfo) -> String {
-    use crate::engine::{Dim, ValueKind};
+    use crate::engine::ValueKind;
     match &info.kind {
         ValueKind::Tensor {
             element_type,
             shape,
         } => {
-            let dims: Vec<String> = shape
-                .iter()
-                .map(|d| match d {
-                    Dim::Fixed(n) => n.to_string(),
-                    Dim::Dynamic(Some(symbol)) => symbol.clone(),
-                    Dim::Dynamic(None) => "?".to_string(),
-                })
-                .collect();
-            format!("{}: {}[{}]", info.name, element_type, dims.join(", "))
+            format!(
+                "{}: {}{}",
+                info.name,
+                element_type,
+                crate::engine::shape_string(shape)
+            )
         }
         ValueKind::Other { description } => format!("{}: {}", info.name, description),
     }
