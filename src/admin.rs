@@ -6,9 +6,9 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::metrics::{Metrics, cached_models, newly_loaded};
+use crate::metrics::Metrics;
 use crate::repository::ModelKey;
-use crate::service::{ModelService, WarmFailure};
+use crate::service::{ModelService, WarmFailure, Warmed};
 
 #[derive(Debug, Deserialize)]
 #[serde(tag = "action", rename_all = "lowercase", deny_unknown_fields)]
@@ -63,14 +63,11 @@ pub async fn handle(service: &ModelService, metrics: &Metrics, event: &Value) ->
     };
     match event {
         AdminEvent::Warm { models } => {
-            let before = cached_models(&service.cache_status());
             let (warmed, failed) = service.warm(&models).await;
-            let (warmed, failed) = report_what_did_not_fit(service, warmed, failed);
-            metrics.record_warm(
-                service,
-                &newly_loaded(&service.cache_status(), &before),
-                &failed,
-            );
+            let loaded = loaded_bytes(&warmed);
+            let names = warmed.into_iter().map(|w| w.model).collect();
+            let (warmed, failed) = report_what_did_not_fit(service, names, failed);
+            metrics.record_warm(service, &loaded, &failed);
             json!({ "warmed": warmed, "failed": failed })
         }
         AdminEvent::Evict { models } => {
@@ -111,13 +108,18 @@ fn report_what_did_not_fit(
 /// Warms `PRELOAD_MODELS` (during init, before the first event) and records
 /// what it loaded and refused; failures are logged and kept for `status`.
 pub async fn preload(service: &ModelService, metrics: &Metrics) {
-    let before = cached_models(&service.cache_status());
-    service.preload().await;
-    metrics.record_warm(
-        service,
-        &newly_loaded(&service.cache_status(), &before),
-        &service.preload_failures(),
-    );
+    let warmed = service.preload().await;
+    metrics.record_warm(service, &loaded_bytes(&warmed), &service.preload_failures());
+}
+
+/// The models a warm loaded itself (not those already cached), with their
+/// bytes: what `ModelBytes` counts.
+fn loaded_bytes(warmed: &[Warmed]) -> Vec<(String, u64)> {
+    warmed
+        .iter()
+        .filter(|w| w.loaded)
+        .map(|w| (w.model.clone(), w.bytes))
+        .collect()
 }
 
 /// The `status` answer: cache entries (with their team), bytes, counters, bytes

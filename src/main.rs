@@ -61,7 +61,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     .await
                     .with_context(|| format!("binding {addr}"))?;
                 let local = listener.local_addr()?;
-                service.preload().await;
+                // Before the address is announced: no request arrives mid-preload.
+                model_router::admin::preload(&service, &Metrics::global()).await;
                 // On stdout, for scripts and tests that started us on port 0.
                 println!("model-router listening on http://{local}");
                 tracing::info!(%local, "listening");

@@ -16,7 +16,6 @@
 //! knew it: otherwise every misspelt name would become a new CloudWatch metric
 //! (each one billed), and a caller could create them at will.
 
-use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -523,23 +522,6 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// The models a warm or preload loaded: those cached now that were not before
-/// (`before`, from [`cached_models`]), with their bytes. Exact on Lambda, where
-/// an instance runs one invocation at a time.
-pub fn newly_loaded(cache: &CacheStatus, before: &BTreeSet<String>) -> Vec<(String, u64)> {
-    cache
-        .entries
-        .iter()
-        .filter(|entry| !before.contains(&entry.model))
-        .map(|entry| (entry.model.clone(), entry.bytes))
-        .collect()
-}
-
-/// The models in the cache now.
-pub fn cached_models(cache: &CacheStatus) -> BTreeSet<String> {
-    cache.entries.iter().map(|e| e.model.clone()).collect()
 }
 
 #[cfg(test)]

@@ -62,6 +62,16 @@ pub struct Prediction {
     pub inference_ms: f64,
 }
 
+/// A model a warm (or preload) got into the cache.
+#[derive(Debug, Clone, Serialize)]
+pub struct Warmed {
+    pub model: String,
+    /// Bytes it is charged in the cache.
+    pub bytes: u64,
+    /// Whether this warm loaded it (false: it was already cached).
+    pub loaded: bool,
+}
+
 /// Outcome of warming one model.
 #[derive(Debug, Clone, Serialize)]
 pub struct WarmFailure {
@@ -364,16 +374,20 @@ impl ModelService {
     }
 
     /// Loads each model, reporting every outcome; never stops at the first failure.
-    pub async fn warm(&self, models: &[String]) -> (Vec<String>, Vec<WarmFailure>) {
+    pub async fn warm(&self, models: &[String]) -> (Vec<Warmed>, Vec<WarmFailure>) {
         let mut warmed = Vec::new();
         let mut failed = Vec::new();
         for spec in models {
             let outcome = match ModelKey::parse(spec) {
-                Ok(key) => self.load_key(&key).await.map(|_| ()),
+                Ok(key) => self.load_key(&key).await.map(|(_, info)| info),
                 Err(e) => Err(e.into()),
             };
             match outcome {
-                Ok(()) => warmed.push(spec.clone()),
+                Ok(info) => warmed.push(Warmed {
+                    model: spec.clone(),
+                    bytes: info.model_bytes,
+                    loaded: info.outcome != CacheOutcome::Hit,
+                }),
                 Err(e) => failed.push(WarmFailure {
                     model: spec.clone(),
                     code: e.code(),
@@ -385,20 +399,23 @@ impl ModelService {
     }
 
     /// Warms `PRELOAD_MODELS`, logging and keeping each failure for `status`.
-    pub async fn preload(&self) {
+    /// Returns the models it warmed.
+    pub async fn preload(&self) -> Vec<Warmed> {
         if self.inner.config.preload.is_empty() {
-            return;
+            return Vec::new();
         }
         let (warmed, failed) = self.warm(&self.inner.config.preload).await;
         for failure in &failed {
             tracing::error!(model = %failure.model, code = failure.code, error = %failure.error, "preload failed");
         }
-        tracing::info!(warmed = ?warmed, failed = failed.len(), "preload done");
+        let names: Vec<&str> = warmed.iter().map(|w| w.model.as_str()).collect();
+        tracing::info!(warmed = ?names, failed = failed.len(), "preload done");
         *self
             .inner
             .preload_failures
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = failed;
+        warmed
     }
 
     pub fn preload_failures(&self) -> Vec<WarmFailure> {
