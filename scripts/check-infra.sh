@@ -111,6 +111,14 @@ ensure_venv() {
 }
 
 setup_tools() {
+    # Debian ships venv's ensurepip separately (python3-venv). python-env.sh
+    # knows how to install it; let it do so once here, before the two venvs
+    # below are made in parallel (two apt-gets at once would fight for dpkg's lock).
+    if ! "$PYTHON" -c 'import ensurepip' >/dev/null 2>&1; then
+        : >"$WORK/no-requirements.txt"
+        VENV_DIR="$WORK/probe-venv" PYTHON="$PYTHON" "$REPO_ROOT/scripts/python-env.sh" "$WORK/no-requirements.txt" >/dev/null \
+            || { fail "python3 -m venv is not available and python3-venv could not be installed"; return 1; }
+    fi
     section "tools (pinned venvs in ${VENV_DIR#"$REPO_ROOT"/})"
     local pyver t=$SECONDS
     pyver="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo none)"

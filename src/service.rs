@@ -361,10 +361,10 @@ impl ModelService {
     ) -> Result<Prediction, Error> {
         let started = Instant::now();
         let key = lease.key().clone();
-        // The lease moves into the blocking task: the model stays alive (and
-        // counted) until the run ends, even if it is evicted meanwhile.
+        // The lease is held until the run ends: the model stays alive (and
+        // counted) even if it is evicted meanwhile.
         let outputs =
-            blocking(move || lease.value().loaded.run(inputs, outputs.as_deref())).await??;
+            run_inference(move || lease.value().loaded.run(inputs, outputs.as_deref())).await??;
         Ok(Prediction {
             key,
             outputs,
@@ -455,6 +455,28 @@ impl ModelService {
             lease.key().clone(),
             lease.value().loaded.signature().clone(),
         ))
+    }
+}
+
+/// Runs a session. On a multi-thread runtime, in place on this worker
+/// (`block_in_place` hands the worker's other tasks to another thread), which
+/// saves the ~20 µs round trip to a blocking-pool thread that `spawn_blocking`
+/// costs; that hop was a third of a warm single-row invocation
+/// (benches/predict.rs). Elsewhere (a current-thread runtime), on the blocking
+/// pool. Either way a panic becomes an error for this request, not a crash.
+async fn run_inference<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Error> {
+    match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(|| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+        })
+        .map_err(|_| {
+            Error::Engine(EngineError::Inference(
+                "internal error: the model run panicked".into(),
+            ))
+        }),
+        _ => blocking(work).await,
     }
 }
 
