@@ -319,11 +319,9 @@ impl ModelService {
                 reason: "file must end in .ort or .onnx".into(),
             }
         })?;
-        let hashes_before = inner.staging.stats().hashes;
         let started = Instant::now();
-        let staged = inner.staging.stage(&resolved)?;
+        let (staged, staged_reused) = inner.staging.stage(&resolved)?;
         let stage_ms = started.elapsed().as_secs_f64() * 1e3;
-        let staged_reused = inner.staging.stats().hashes == hashes_before;
         // Only a verified model may push others out.
         inner.cache.make_room(&key, resolved.manifest.size)?;
         let started = Instant::now();

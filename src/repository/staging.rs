@@ -95,18 +95,18 @@ impl Staging {
         })
     }
 
-    /// Returns a verified local copy of `model`'s file: the staged one if this
-    /// process already verified it, else a new copy hashed while copying. On a
-    /// mismatch the copy is deleted and nothing is staged. Blocking: call it
-    /// from a blocking thread.
-    pub fn stage(&self, model: &ResolvedModel) -> Result<StagedFile, RepositoryError> {
+    /// Returns a verified local copy of `model`'s file, and whether it was
+    /// reused: the staged one if this process already verified it (`true`),
+    /// else a new copy hashed while copying (`false`). On a mismatch the copy is
+    /// deleted and nothing is staged. Blocking: call it from a blocking thread.
+    pub fn stage(&self, model: &ResolvedModel) -> Result<(StagedFile, bool), RepositoryError> {
         let key = &model.key;
         if let Some(staged) = self.lock().files.get(key).cloned()
             && staged.sha256 == model.manifest.sha256
             && staged.path.is_file()
         {
             self.reuses.fetch_add(1, Ordering::Relaxed);
-            return Ok(staged);
+            return Ok((staged, true));
         }
         let size = model.manifest.size;
         if size > self.budget {
@@ -128,7 +128,7 @@ impl Staging {
                 let _ = fs::remove_file(&old.path);
             }
         }
-        Ok(staged)
+        Ok((staged, false))
     }
 
     /// Forgets and deletes the staged copy of `key`, if any.
@@ -263,9 +263,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let staging = Staging::open(dir.path(), 100).unwrap();
         let model = repo.read(&ModelKey::new("a", "1").unwrap()).unwrap();
-        let first = staging.stage(&model).unwrap();
+        let (first, reused) = staging.stage(&model).unwrap();
+        assert!(!reused);
         assert_eq!(fs::read(&first.path).unwrap(), b"aaaa");
-        let second = staging.stage(&model).unwrap();
+        let (second, reused) = staging.stage(&model).unwrap();
+        assert!(reused);
         assert_eq!(first, second);
         let stats = staging.stats();
         assert_eq!((stats.hashes, stats.reuses, stats.bytes_used), (1, 1, 4));
@@ -293,7 +295,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let staging = Staging::open(dir.path(), 8).unwrap();
         let get = |n: &str| repo.read(&ModelKey::new(n, "1").unwrap()).unwrap();
-        let a = staging.stage(&get("a")).unwrap();
+        let (a, _) = staging.stage(&get("a")).unwrap();
         staging.stage(&get("b")).unwrap();
         staging.stage(&get("c")).unwrap();
         assert!(!a.path.exists(), "a was least recently used");
