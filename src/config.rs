@@ -168,6 +168,21 @@ pub struct RouterArgs {
     /// How often, at most, the access policy file is checked for changes.
     #[arg(long, env = "POLICY_RELOAD_SECONDS", default_value_t = 5)]
     pub policy_reload_seconds: u64,
+    /// How long what `latest` or an alias resolved to is remembered, in
+    /// seconds: within it, such requests for a cached model touch no file;
+    /// a newly published version or a changed alias is seen within it.
+    /// 0 reads the repository on every such request.
+    #[arg(long, env = "RESOLVE_CACHE_SECONDS", default_value_t = 5.0)]
+    pub resolve_cache_seconds: f64,
+    /// How long a request waits for its model's load (reading the repository,
+    /// verifying, creating the session) before answering 503 `load_timeout`;
+    /// the load itself goes on and caches the model when it finishes. 0: no limit.
+    #[arg(long, env = "MODEL_LOAD_TIMEOUT_SECONDS", default_value_t = 20.0)]
+    pub load_timeout_seconds: f64,
+    /// Reads in flight at once when a model file is read from the repository
+    /// (EFS and NFS answer each read after a network round trip).
+    #[arg(long, env = "MODEL_FETCH_READERS", default_value_t = 8)]
+    pub fetch_readers: usize,
 }
 
 /// The resolved configuration, logged once at start-up.
@@ -202,6 +217,14 @@ pub struct Config {
     pub policy_reload_interval: std::time::Duration,
     /// AWS_LAMBDA_FUNCTION_NAME, when running on Lambda.
     pub function_name: Option<String>,
+    /// RESOLVE_CACHE_SECONDS: how long `latest` and alias resolutions are remembered.
+    #[serde(with = "seconds")]
+    pub resolve_ttl: std::time::Duration,
+    /// MODEL_LOAD_TIMEOUT_SECONDS: how long a request waits for a load.
+    #[serde(with = "seconds")]
+    pub load_timeout: std::time::Duration,
+    /// MODEL_FETCH_READERS: parallel reads of a model file.
+    pub fetch_readers: usize,
 }
 
 /// Lambda gives one vCPU per 1769 MB of memory, six at most.
@@ -299,6 +322,9 @@ impl Config {
             }),
             policy_reload_interval: std::time::Duration::from_secs(args.policy_reload_seconds),
             function_name: host.function_name.clone(),
+            resolve_ttl: seconds_or_zero(args.resolve_cache_seconds),
+            load_timeout: seconds_or_zero(args.load_timeout_seconds),
+            fetch_readers: args.fetch_readers.max(1),
         }
     }
 
@@ -319,8 +345,17 @@ impl Config {
             metrics: MetricsMode::Off,
             policy_reload_interval: std::time::Duration::ZERO,
             function_name: None,
+            resolve_ttl: std::time::Duration::ZERO,
+            load_timeout: std::time::Duration::from_secs(60),
+            fetch_readers: 8,
         }
     }
+}
+
+/// A duration from seconds given on the command line; a negative or
+/// non-finite number counts as 0.
+fn seconds_or_zero(seconds: f64) -> std::time::Duration {
+    std::time::Duration::try_from_secs_f64(seconds).unwrap_or_default()
 }
 
 /// Durations in the logged configuration, as seconds.

@@ -66,7 +66,7 @@ impl Error {
                 RepositoryError::ChecksumMismatch { .. } => "checksum_mismatch",
                 RepositoryError::InvalidManifest { .. } => "model_load_failed",
                 RepositoryError::Unavailable { .. } => "repository_unavailable",
-                RepositoryError::StagingTooSmall { .. } => "model_too_large",
+                RepositoryError::Timeout { .. } => "load_timeout",
                 RepositoryError::AlreadyExists { .. } => "version_exists",
                 RepositoryError::Publish(_) => "publish_failed",
             },
@@ -92,7 +92,7 @@ impl Error {
             "method_not_allowed" => StatusCode::METHOD_NOT_ALLOWED,
             "version_exists" => StatusCode::CONFLICT,
             "payload_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
-            "repository_unavailable" | "cache_busy" | "policy_unavailable" => {
+            "repository_unavailable" | "load_timeout" | "cache_busy" | "policy_unavailable" => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             "model_too_large" => StatusCode::INSUFFICIENT_STORAGE,

@@ -16,8 +16,8 @@ use crate::error::{Error, RequestError};
 use crate::identity::Caller;
 use crate::policy::{Access, AccessControl, Policy, PolicyStatus};
 use crate::repository::{
-    Manifest, ModelKey, ModelName, Repository, RepositoryError, ResolvedModel, Staging,
-    StagingStats,
+    FetchOptions, Manifest, ModelKey, ModelName, Repository, RepositoryError, ResolvedModel,
+    StageSource, Staging, StagingStats,
 };
 
 /// A loaded model as the cache holds it.
@@ -25,8 +25,8 @@ pub struct Model {
     pub key: ModelKey,
     pub manifest: Manifest,
     pub loaded: LoadedModel,
-    /// Whether a verified staged copy was reused (no copy, no hash).
-    pub staged_reused: bool,
+    /// Where its verified bytes came from (the repository, or this process's copy).
+    pub stage_source: StageSource,
     pub stage_ms: f64,
     pub load_ms: f64,
     /// The team whose cache share this model counts against (see `Policy::team_for`).
@@ -103,7 +103,7 @@ struct Inner {
 impl ModelService {
     /// Opens the repository and staging directory and starts ONNX Runtime.
     pub fn new(config: Config) -> Result<ModelService, Error> {
-        let repository = Repository::open(&config.model_root)?;
+        let repository = Repository::open(&config.model_root)?.with_resolve_ttl(config.resolve_ttl);
         let staging = Staging::open(&config.staging_dir, config.staging_bytes)?;
         let dylib_path = crate::engine::find_library(config.ort_dylib_path.as_deref())?;
         let engine = Engine::init(&EngineConfig {
@@ -229,6 +229,12 @@ impl ModelService {
         self.inner.staging.stats()
     }
 
+    /// Waits (blocking) until every staged copy a load started has been
+    /// written, at most `timeout`; whether they all have.
+    pub fn wait_for_staging(&self, timeout: std::time::Duration) -> bool {
+        self.inner.staging.wait_for_writes(timeout)
+    }
+
     /// The model `name` at `version` (a version, `latest` or an alias), loaded.
     ///
     /// A concrete version already cached is answered without touching the
@@ -243,10 +249,45 @@ impl ModelService {
         if let Some(lease) = self.inner.cache.get(&direct) {
             return Ok(self.count_hit(lease));
         }
+        // `latest` or an alias resolved a moment ago: no repository round trip.
+        if let Some(concrete) = self.inner.repository.remembered(&name, version)
+            && let Ok(key) = ModelKey::from_parts(name.clone(), concrete)
+            && let Some(lease) = self.inner.cache.get(&key)
+        {
+            return Ok(self.count_hit(lease));
+        }
+        let what = format!("reading model {name} version {version}");
         let repository = self.inner.repository.clone();
         let version = version.to_string();
-        let resolved = blocking(move || repository.resolve(&name, &version)).await??;
+        let resolved = self
+            .within_deadline(what, blocking(move || repository.resolve(&name, &version)))
+            .await??;
         self.load(resolved).await
+    }
+
+    /// `work`, or a 503 `load_timeout` once MODEL_LOAD_TIMEOUT_SECONDS pass (0:
+    /// no limit). Blocking file I/O cannot be interrupted: work that times out
+    /// goes on in the background, and only this request stops waiting for it.
+    pub async fn within_deadline<T>(
+        &self,
+        what: String,
+        work: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let limit = self.inner.config.load_timeout;
+        if limit.is_zero() {
+            return work.await;
+        }
+        match tokio::time::timeout(limit, work).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(what, seconds = limit.as_secs_f64(), "timed out");
+                Err(RepositoryError::Timeout {
+                    what,
+                    seconds: limit.as_secs_f64(),
+                }
+                .into())
+            }
+        }
     }
 
     /// Loads one concrete version (for warm and preload).
@@ -255,8 +296,11 @@ impl ModelService {
             return Ok(self.count_hit(lease));
         }
         let repository = self.inner.repository.clone();
+        let what = format!("reading model {key}");
         let key = key.clone();
-        let resolved = blocking(move || repository.read(&key)).await??;
+        let resolved = self
+            .within_deadline(what, blocking(move || repository.read(&key)))
+            .await??;
         self.load(resolved).await
     }
 
@@ -274,12 +318,28 @@ impl ModelService {
     async fn load(&self, resolved: ResolvedModel) -> Result<(Lease<Model>, LoadInfo), Error> {
         let key = resolved.key.clone();
         let service = self.clone();
+        // The load runs in a task of its own, so a request that stops waiting
+        // (its deadline, a client gone) never cancels it: concurrent and later
+        // requests join it, and it caches the model when it finishes.
+        let loading = tokio::spawn(async move {
+            let inner = service.clone();
+            service
+                .inner
+                .cache
+                .get_or_load(&resolved.key.clone(), || async move {
+                    blocking(move || inner.load_blocking(resolved)).await?
+                })
+                .await
+        });
+        let joined = async {
+            loading.await.map_err(|e| {
+                Error::Engine(EngineError::Inference(format!(
+                    "internal error while loading: {e}"
+                )))
+            })?
+        };
         let (lease, outcome) = self
-            .inner
-            .cache
-            .get_or_load(&key, || async move {
-                blocking(move || service.load_blocking(resolved)).await?
-            })
+            .within_deadline(format!("loading model {key}"), joined)
             .await?;
         let model = lease.value();
         let info = LoadInfo {
@@ -294,7 +354,7 @@ impl ModelService {
             } else {
                 0.0
             },
-            staged_reused: model.staged_reused,
+            staged_reused: model.stage_source.reused(),
             model_bytes: lease.bytes(),
         };
         Ok((lease, info))
@@ -320,12 +380,19 @@ impl ModelService {
             }
         })?;
         let started = Instant::now();
-        let (staged, staged_reused) = inner.staging.stage(&resolved)?;
+        let fetch = FetchOptions {
+            readers: inner.config.fetch_readers,
+            ..FetchOptions::default()
+        };
+        let staged = inner.staging.stage(&resolved, fetch)?;
+        let stage_source = staged.source;
         let stage_ms = started.elapsed().as_secs_f64() * 1e3;
         // Only a verified model may push others out.
         inner.cache.make_room(&key, resolved.manifest.size)?;
         let started = Instant::now();
-        let loaded = inner.engine.load(&staged.path, format)?;
+        let loaded = inner
+            .engine
+            .load_bytes(staged.bytes, format, &key.to_string())?;
         let load_ms = started.elapsed().as_secs_f64() * 1e3;
         let bytes = loaded.footprint_bytes();
         let team = match self.access() {
@@ -334,13 +401,13 @@ impl ModelService {
             }
             _ => resolved.manifest.team.clone(),
         };
-        tracing::info!(model = %key, bytes, stage_ms, load_ms, staged_reused, team = team.as_deref(), "model loaded");
+        tracing::info!(model = %key, bytes, stage_ms, load_ms, source = ?stage_source, team = team.as_deref(), "model loaded");
         Ok((
             Model {
                 key,
                 manifest: resolved.manifest,
                 loaded,
-                staged_reused,
+                stage_source,
                 stage_ms,
                 load_ms,
                 team,

@@ -303,33 +303,46 @@ impl Engine {
             .map_err(|e| EngineError::Load(format!("cannot open {}: {e}", path.display())))?;
         // SAFETY: a mapping is only sound while no one changes the file under it
         // (a truncation turns reads into SIGBUS). The caller guarantees this file
-        // is a private, verified copy in the staging directory that nothing
-        // rewrites or truncates while mapped; it is mapped read-only, and the
-        // mapping (the `.ort` case, where the session reads from it directly) is
-        // kept in `LoadedModel` after the session, so it outlives every read.
+        // is a private, verified copy that nothing rewrites or truncates while
+        // mapped; it is mapped read-only, and the mapping is kept in
+        // `LoadedModel` after the session (the `.ort` case), so it outlives
+        // every read.
         let mapping = unsafe { Mmap::map(&file) }
             .map_err(|e| EngineError::Load(format!("cannot map {}: {e}", path.display())))?;
         drop(file);
-        let file_bytes = mapping.len() as u64;
-        if format == ModelFormat::Ort && !is_ort_format(&mapping) {
+        self.load_bytes(Arc::new(mapping), format, &path.display().to_string())
+    }
+
+    /// Creates a session from verified, read-only bytes in memory (anonymous
+    /// memory a model was fetched into, or a mapping of a staged copy), as
+    /// [`Engine::load`] does from a file; `label` names the model in errors.
+    /// For `.ort` the model keeps `bytes` for as long as its session; for
+    /// `.onnx` it lets them go once the session exists.
+    pub fn load_bytes(
+        &self,
+        bytes: Arc<Mmap>,
+        format: ModelFormat,
+        label: &str,
+    ) -> Result<LoadedModel, EngineError> {
+        let file_bytes = bytes.len() as u64;
+        if format == ModelFormat::Ort && !is_ort_format(&bytes) {
             return Err(EngineError::Load(format!(
-                "{} is not an ORT-format model (no ORTM identifier); convert it with \
-                 `python -m onnxruntime.tools.convert_onnx_models_to_ort` or publish it as .onnx",
-                path.display()
+                "{label} is not an ORT-format model (no ORTM identifier); convert it with \
+                 `python -m onnxruntime.tools.convert_onnx_models_to_ort` or publish it as .onnx"
             )));
         }
 
         let (session, anon_before, anon_after) = {
             let _serialised = LOAD_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
             let anon_before = anon_rss_bytes();
-            let session = self.create_session(&mapping, format)?;
+            let session = self.create_session(&bytes, format)?;
             (session, anon_before, anon_rss_bytes())
         };
         let footprint = footprint::footprint_bytes(format, file_bytes, anon_before, anon_after);
         let signature = convert::signature(&session);
         let mapping = match format {
-            ModelFormat::Ort => Some(mapping),
-            // ONNX Runtime copied what it needs: give the address space back now.
+            ModelFormat::Ort => Some(bytes),
+            // ONNX Runtime copied what it needs: let the bytes go now.
             ModelFormat::Onnx => None,
         };
         Ok(LoadedModel {
@@ -469,8 +482,8 @@ pub struct LoadedModel {
     signature: Signature,
     format: ModelFormat,
     footprint: u64,
-    /// The `.ort` file's bytes, which the session uses in place; `None` for `.onnx`.
-    _mapping: Option<Mmap>,
+    /// The `.ort` model's bytes, which the session uses in place; `None` for `.onnx`.
+    _mapping: Option<Arc<Mmap>>,
 }
 
 impl fmt::Debug for LoadedModel {

@@ -2,23 +2,35 @@
 //! file under `MODEL_ROOT`, resolving `latest` and aliases, publishing and
 //! verifying. Nothing here opens a path outside the root.
 
+mod fetch;
 mod key;
 mod manifest;
 mod publish;
 mod staging;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+pub use fetch::{FetchOptions, VerifiedBytes, fetch, verify_file};
 pub use key::{MAX_SEGMENT_LEN, ModelKey, ModelName, validate_segment};
 pub use manifest::Manifest;
 /// The one hash-while-copying routine; the S3 publisher downloads through it too.
 pub(crate) use publish::copy_hashing;
 pub use publish::{PublishRequest, VerifyReport, hash_file, verify};
-pub use staging::{StagedFile, Staging, StagingStats};
+pub use staging::{StageSource, Staged, StagedFile, Staging, StagingStats};
+
+/// The most a manifest or `aliases.json` may weigh; anything larger is refused
+/// unread (a repository file that never ends must not fill memory).
+const METADATA_LIMIT: u64 = 1 << 20;
+
+/// Resolutions of `latest` and aliases kept at most this many; past it the
+/// memory is cleared (many distinct names only cost re-reads, never memory).
+const RESOLUTIONS_LIMIT: usize = 10_000;
 
 /// Errors of the repository and staging layers.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -50,9 +62,10 @@ pub enum RepositoryError {
     #[error("the model repository could not be read at {path}: {reason}; retry later")]
     Unavailable { path: String, reason: String },
     #[error(
-        "model {key} is {size} bytes, more than the whole staging budget of {budget} bytes (MODEL_STAGING_BYTES)"
+        "{what} did not finish within {seconds} s (MODEL_LOAD_TIMEOUT_SECONDS): the model repository may be stalled; \
+         it goes on in the background, retry later"
     )]
-    StagingTooSmall { key: String, size: u64, budget: u64 },
+    Timeout { what: String, seconds: f64 },
     #[error(
         "{key} already exists; published versions are immutable, publish a new version instead"
     )]
@@ -81,11 +94,19 @@ pub struct ResolvedModel {
 
 /// The repository of models under one root directory.
 ///
-/// Cheap to clone; holds no open files. Every method re-reads the disk, so a
-/// newly published version is seen at once.
+/// Cheap to clone (clones share what they remember); holds no open files.
+/// Manifests are read from disk on every load. What a version string
+/// (`latest`, an alias, a concrete version) resolved to is remembered for
+/// [`Repository::resolve_ttl`] (`RESOLVE_CACHE_SECONDS`), so hot `latest` and
+/// alias requests cost no repository round trip: a newly published version or
+/// a changed alias is seen within that time (immediately with a TTL of 0).
 #[derive(Debug, Clone)]
 pub struct Repository {
     root: PathBuf,
+    resolve_ttl: Duration,
+    /// `(name, version string)` -> (concrete version, when it was read). A std
+    /// Mutex: held for a map lookup or insert only, never across I/O.
+    resolutions: Arc<Mutex<HashMap<(String, String), (String, Instant)>>>,
 }
 
 impl Repository {
@@ -101,7 +122,53 @@ impl Repository {
                 reason: "not a directory".into(),
             });
         }
-        Ok(Repository { root })
+        Ok(Repository {
+            root,
+            resolve_ttl: Duration::ZERO,
+            resolutions: Arc::default(),
+        })
+    }
+
+    /// Remembers resolutions of version strings for `ttl` (0: never).
+    pub fn with_resolve_ttl(mut self, ttl: Duration) -> Repository {
+        self.resolve_ttl = ttl;
+        self
+    }
+
+    pub fn resolve_ttl(&self) -> Duration {
+        self.resolve_ttl
+    }
+
+    /// What `version` of `name` resolved to less than the TTL ago, from memory
+    /// only (no I/O).
+    pub fn remembered(&self, name: &ModelName, version: &str) -> Option<String> {
+        if self.resolve_ttl.is_zero() {
+            return None;
+        }
+        let resolutions = self.resolutions.lock().unwrap_or_else(|p| p.into_inner());
+        let (concrete, at) = resolutions.get(&(name.to_string(), version.to_string()))?;
+        (at.elapsed() < self.resolve_ttl).then(|| concrete.clone())
+    }
+
+    fn remember(&self, name: &ModelName, version: &str, concrete: &str) {
+        if self.resolve_ttl.is_zero() {
+            return;
+        }
+        let mut resolutions = self.resolutions.lock().unwrap_or_else(|p| p.into_inner());
+        if resolutions.len() >= RESOLUTIONS_LIMIT {
+            resolutions.clear();
+        }
+        resolutions.insert(
+            (name.to_string(), version.to_string()),
+            (concrete.to_string(), Instant::now()),
+        );
+    }
+
+    fn forget(&self, name: &ModelName, version: &str) {
+        self.resolutions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(name.to_string(), version.to_string()));
     }
 
     pub fn root(&self) -> &Path {
@@ -116,6 +183,13 @@ impl Repository {
         version: &str,
     ) -> Result<ResolvedModel, RepositoryError> {
         validate_segment("model version", version)?;
+        if let Some(concrete) = self.remembered(name, version) {
+            match self.read(&ModelKey::from_parts(name.clone(), concrete)?) {
+                Ok(model) => return Ok(model),
+                // Gone since: resolve afresh.
+                Err(_) => self.forget(name, version),
+            }
+        }
         let versions = self.versions(name)?;
         let concrete = if versions.iter().any(|v| v == version) {
             version.to_string()
@@ -140,14 +214,16 @@ impl Repository {
                 }
             }
         };
-        self.read(&ModelKey::from_parts(name.clone(), concrete)?)
+        let model = self.read(&ModelKey::from_parts(name.clone(), concrete)?)?;
+        self.remember(name, version, model.key.version());
+        Ok(model)
     }
 
     /// Reads the manifest of one concrete version and locates its file.
     pub fn read(&self, key: &ModelKey) -> Result<ResolvedModel, RepositoryError> {
         let dir = self.root.join(key.name().as_str()).join(key.version());
         let manifest_path = self.inside_root(&dir.join("manifest.json"), key)?;
-        let bytes = read_no_follow(&manifest_path)
+        let bytes = fetch::read_small(&manifest_path, METADATA_LIMIT)
             .map_err(|e| self.not_found_or_unavailable(key, &manifest_path, e))?;
         let manifest =
             Manifest::parse(&bytes).map_err(|reason| RepositoryError::InvalidManifest {
@@ -172,6 +248,10 @@ impl Repository {
                 if e.kind() == io::ErrorKind::NotFound
                     || e.kind() == io::ErrorKind::NotADirectory =>
             {
+                // Not found only if the root itself is there to say so: a
+                // vanished or unreadable mount is an outage (503), not a 404
+                // that clients would not retry.
+                self.check_root()?;
                 return Err(RepositoryError::ModelNotFound {
                     name: name.to_string(),
                 });
@@ -185,13 +265,21 @@ impl Repository {
                 continue;
             };
             // Temporary publish directories start with '.', so they never validate.
-            if validate_segment("model version", &version).is_ok()
-                && entry.path().join("manifest.json").is_file()
-            {
-                versions.push(version);
+            if validate_segment("model version", &version).is_err() {
+                continue;
+            }
+            let manifest = entry.path().join("manifest.json");
+            match std::fs::metadata(&manifest) {
+                Ok(metadata) if metadata.is_file() => versions.push(version),
+                Ok(_) => {}
+                Err(e)
+                    if e.kind() == io::ErrorKind::NotFound
+                        || e.kind() == io::ErrorKind::NotADirectory => {}
+                // An unreadable version directory hides nothing: it is an error.
+                Err(e) => return Err(RepositoryError::io(&manifest, &e)),
             }
         }
-        if versions.is_empty() && !dir.join("aliases.json").is_file() {
+        if versions.is_empty() && !regular_file_exists(&dir.join("aliases.json"))? {
             // A directory with no published version is not a model (yet).
             return Err(RepositoryError::ModelNotFound {
                 name: name.to_string(),
@@ -204,7 +292,7 @@ impl Repository {
     /// `aliases.json` of a model (`{"stable": "3"}`), empty when absent.
     pub fn aliases(&self, name: &ModelName) -> Result<BTreeMap<String, String>, RepositoryError> {
         let path = self.root.join(name.as_str()).join("aliases.json");
-        match read_no_follow(&path) {
+        match fetch::read_small(&path, METADATA_LIMIT) {
             Ok(bytes) => {
                 serde_json::from_slice(&bytes).map_err(|e| RepositoryError::InvalidManifest {
                     key: format!("{name}/aliases.json"),
@@ -212,7 +300,21 @@ impl Repository {
                 })
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                Err(RepositoryError::InvalidManifest {
+                    key: format!("{name}/aliases.json"),
+                    reason: e.to_string(),
+                })
+            }
             Err(e) => Err(RepositoryError::io(&path, &e)),
+        }
+    }
+
+    /// The root is there and readable: `Unavailable` otherwise.
+    fn check_root(&self) -> Result<(), RepositoryError> {
+        match std::fs::read_dir(&self.root) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(RepositoryError::io(&self.root, &e)),
         }
     }
 
@@ -262,6 +364,12 @@ impl Repository {
     ) -> RepositoryError {
         match error.kind() {
             io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => self.version_not_found(key),
+            io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData => {
+                RepositoryError::InvalidManifest {
+                    key: key.to_string(),
+                    reason: format!("{}: {error}", path.display()),
+                }
+            }
             _ => RepositoryError::io(path, &error),
         }
     }
@@ -278,12 +386,18 @@ impl Repository {
     }
 }
 
-/// Opens a canonical path without following a symlink swapped in since it was
-/// resolved, and reads it whole.
-fn read_no_follow(path: &Path) -> io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    open_no_follow(path)?.read_to_end(&mut bytes)?;
-    Ok(bytes)
+/// Whether `path` is a regular file; an error other than "not there" is
+/// `Unavailable`.
+fn regular_file_exists(path: &Path) -> Result<bool, RepositoryError> {
+    match std::fs::metadata(path) {
+        Ok(metadata) => Ok(metadata.is_file()),
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(RepositoryError::io(path, &e)),
+    }
 }
 
 pub(crate) fn open_no_follow(path: &Path) -> io::Result<File> {

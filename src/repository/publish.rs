@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
-use super::{Manifest, ModelKey, ModelName, Repository, RepositoryError, open_no_follow};
+use super::{Manifest, ModelKey, ModelName, Repository, RepositoryError};
 
 /// Copies `source` to `dest` in one pass, hashing the bytes as they go, and
 /// returns (sha256 hex, bytes copied). The one routine both staging and
@@ -169,29 +169,9 @@ pub fn verify(
     for (name, versions) in models {
         for version in versions {
             let key = ModelKey::new(&name, &version)?;
-            let outcome = repository.read(&key).and_then(|model| {
-                let mut file = open_no_follow(&model.file)
-                    .map_err(|e| RepositoryError::io(&model.file, &e))?;
-                let (actual, size) = copy_hashing(&mut file, &mut io::sink())
-                    .map_err(|e| RepositoryError::io(&model.file, &e))?;
-                if actual != model.manifest.sha256 {
-                    return Err(RepositoryError::ChecksumMismatch {
-                        key: key.to_string(),
-                        expected: model.manifest.sha256,
-                        actual,
-                    });
-                }
-                if size != model.manifest.size {
-                    return Err(RepositoryError::InvalidManifest {
-                        key: key.to_string(),
-                        reason: format!(
-                            "size is {size} bytes, manifest says {}",
-                            model.manifest.size
-                        ),
-                    });
-                }
-                Ok(())
-            });
+            let outcome = repository
+                .read(&key)
+                .and_then(|model| super::verify_file(&model));
             reports.push(VerifyReport {
                 model: key.to_string(),
                 ok: outcome.is_ok(),
