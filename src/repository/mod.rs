@@ -106,8 +106,11 @@ pub struct Repository {
     resolve_ttl: Duration,
     /// `(name, version string)` -> (concrete version, when it was read). A std
     /// Mutex: held for a map lookup or insert only, never across I/O.
-    resolutions: Arc<Mutex<HashMap<(String, String), (String, Instant)>>>,
+    resolutions: Arc<Mutex<Resolutions>>,
 }
+
+/// `(name, version string)` -> (concrete version, when it was read).
+type Resolutions = HashMap<(String, String), (String, Instant)>;
 
 impl Repository {
     /// Opens the repository at `root` (which must exist; it may itself be a symlink,
