@@ -12,6 +12,7 @@ use model_router::repository::{ModelName, PublishRequest, Repository, verify};
 use model_router::{ModelService, lambda, server};
 
 fn main() -> ExitCode {
+    disable_onnxruntime_telemetry();
     let cli = Cli::parse();
     let command = match cli.command {
         Some(command) => command,
@@ -41,6 +42,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// ONNX Runtime 1.29+ records telemetry on Linux too, in a SQLite file under
+/// `~/.cache/Microsoft` written at every start (10-30 ms of a cold start here,
+/// and a write to a read-only home on Lambda), before the environment's own
+/// telemetry switch is applied. Its documented opt-out is this variable; a
+/// value the operator set is left alone.
+fn disable_onnxruntime_telemetry() {
+    if std::env::var_os("ORT_DISABLE_TELEMETRY").is_none() {
+        // SAFETY: set_var is unsound only when another thread reads or writes
+        // the environment at the same time. This is the first statement of
+        // `main`: no thread of ours or of any library has been started yet.
+        unsafe { std::env::set_var("ORT_DISABLE_TELEMETRY", "1") };
+    }
+}
+
 fn unreachable_lambda() -> ! {
     eprintln!("model-router: `model-router lambda` did not parse as the lambda command");
     std::process::exit(2)
@@ -62,7 +77,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     .with_context(|| format!("binding {addr}"))?;
                 let local = listener.local_addr()?;
                 // Before the address is announced: no request arrives mid-preload.
+                // ONNX Runtime starts while the preloads read their files.
                 model_router::admin::preload(&service, &Metrics::global()).await;
+                service
+                    .engine_ready()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
                 // On stdout, for scripts and tests that started us on port 0.
                 println!("model-router listening on http://{local}");
                 tracing::info!(%local, "listening");
@@ -73,7 +93,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             })
         }
-        Command::Invoke { router, event } => {
+        Command::Invoke { mut router, event } => {
+            // One event, then exit: a staged copy would never be reloaded, so
+            // unless MODEL_STAGING_BYTES says otherwise, none is written.
+            router.staging_bytes.get_or_insert(0);
             let (config, runtime) = start(&router)?;
             let text = if event == "-" {
                 let mut text = String::new();
@@ -90,15 +113,26 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     .await
                     .context("the event is not JSON")?;
                 println!("{}", serde_json::to_string_pretty(&response)?);
-                Ok(ExitCode::SUCCESS)
-            })
+                Ok::<_, anyhow::Error>(())
+            })?;
+            // The answer is out: exit now rather than spend ~9 ms tearing down
+            // ONNX Runtime, its thread pools and the async runtime for nothing.
+            use std::io::Write as _;
+            let _ = std::io::stdout().flush();
+            std::process::exit(0)
         }
         Command::Lambda { router } => {
             let (config, runtime) = start(&router)?;
             runtime.block_on(async {
                 // Built once, before the first event, and reused by every one.
-                let handler = lambda::Handler::from_config(build_service(config)?);
+                let service = build_service(config)?;
+                let handler = lambda::Handler::from_config(service.clone());
+                // ONNX Runtime starts while the preloads read their files.
                 handler.preload().await;
+                service
+                    .engine_ready()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
                 lambda::run(handler, shutdown_signal())
                     .await
                     .map_err(|e| anyhow::anyhow!("{e}"))?;

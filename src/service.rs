@@ -2,7 +2,7 @@
 //! its route. It resolves a version, gets the model from the cache (staging,
 //! verifying and loading it on a miss) and runs it.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -91,7 +91,12 @@ struct Inner {
     repository: Repository,
     staging: Staging,
     cache: ModelCache<Model>,
-    engine: Engine,
+    /// ONNX Runtime, started on a thread of its own by [`ModelService::new`]
+    /// so that its start-up (loading the library, creating the environment:
+    /// ~15-20 ms) overlaps whatever comes before the first session is needed:
+    /// the runtime's set-up, the first event, and above all reading and
+    /// hashing the first model. Loads wait for it ([`OnceLock::wait`]).
+    engine: Arc<OnceLock<Result<Engine, EngineError>>>,
     /// Preloads that failed, kept for `status`.
     preload_failures: std::sync::Mutex<Vec<WarmFailure>>,
     /// The team policy (ACCESS_POLICY), re-read when its file changes.
@@ -105,11 +110,25 @@ impl ModelService {
     pub fn new(config: Config) -> Result<ModelService, Error> {
         let repository = Repository::open(&config.model_root)?.with_resolve_ttl(config.resolve_ttl);
         let staging = Staging::open(&config.staging_dir, config.staging_bytes)?;
-        let dylib_path = crate::engine::find_library(config.ort_dylib_path.as_deref())?;
-        let engine = Engine::init(&EngineConfig {
-            dylib_path,
+        let engine_config = EngineConfig {
+            dylib_path: crate::engine::find_library(config.ort_dylib_path.as_deref())?,
             intra_threads: config.intra_threads,
-        })?;
+        };
+        let engine = Arc::new(OnceLock::new());
+        let starting = engine.clone();
+        let start = move || {
+            let _ = starting.set(Engine::init(&engine_config));
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("onnxruntime-start".into())
+            .spawn(start)
+        {
+            tracing::warn!(error = %e, "cannot start ONNX Runtime on its own thread; starting it inline");
+            let _ = engine.set(Engine::init(&EngineConfig {
+                dylib_path: crate::engine::find_library(config.ort_dylib_path.as_deref())?,
+                intra_threads: config.intra_threads,
+            }));
+        }
         let cache = ModelCache::new(config.cache_bytes);
         let access = AccessControl::new(
             config.access_policy.as_deref(),
@@ -215,6 +234,24 @@ impl ModelService {
 
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// ONNX Runtime, once started: waits (blocking) for it; its start-up error
+    /// if it could not start.
+    pub fn engine(&self) -> Result<&Engine, Error> {
+        self.inner
+            .engine
+            .wait()
+            .as_ref()
+            .map_err(|e| Error::Engine(e.clone()))
+    }
+
+    /// Waits for ONNX Runtime to be started, off the async threads: the front
+    /// doors call it before they take traffic, so a missing library fails
+    /// start-up rather than the first request.
+    pub async fn engine_ready(&self) -> Result<(), Error> {
+        let service = self.clone();
+        blocking(move || service.engine().map(|_| ())).await?
     }
 
     pub fn repository(&self) -> &Repository {
@@ -389,10 +426,10 @@ impl ModelService {
         let stage_ms = started.elapsed().as_secs_f64() * 1e3;
         // Only a verified model may push others out.
         inner.cache.make_room(&key, resolved.manifest.size)?;
+        // Usually started long ago; at a cold start, while the file was read.
+        let engine = self.engine()?;
         let started = Instant::now();
-        let loaded = inner
-            .engine
-            .load_bytes(staged.bytes, format, &key.to_string())?;
+        let loaded = engine.load_bytes(staged.bytes, format, &key.to_string())?;
         let load_ms = started.elapsed().as_secs_f64() * 1e3;
         let bytes = loaded.footprint_bytes();
         let team = match self.access() {
