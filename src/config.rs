@@ -168,6 +168,15 @@ pub struct RouterArgs {
     /// How often, at most, the access policy file is checked for changes.
     #[arg(long, env = "POLICY_RELOAD_SECONDS", default_value_t = 5)]
     pub policy_reload_seconds: u64,
+    /// The ARN of the Application Load Balancer whose OIDC tokens
+    /// (`x-amzn-oidc-data`) are verified and believed when the access policy
+    /// says `"alb_oidc": true`. Unset: such tokens are refused (403).
+    #[arg(long, env = "ALB_OIDC_SIGNER")]
+    pub alb_oidc_signer: Option<String>,
+    /// Where the ALB's public keys are fetched from, as `<url>/<kid>`. Default:
+    /// `https://public-keys.auth.elb.REGION.amazonaws.com`, REGION from ALB_OIDC_SIGNER.
+    #[arg(long, env = "ALB_OIDC_KEYS_URL")]
+    pub alb_oidc_keys_url: Option<String>,
 }
 
 /// The resolved configuration, logged once at start-up.
@@ -202,6 +211,10 @@ pub struct Config {
     pub policy_reload_interval: std::time::Duration,
     /// AWS_LAMBDA_FUNCTION_NAME, when running on Lambda.
     pub function_name: Option<String>,
+    /// ALB_OIDC_SIGNER: the ALB whose OIDC tokens are verified (`"alb_oidc": true`).
+    pub alb_oidc_signer: Option<String>,
+    /// ALB_OIDC_KEYS_URL: where its public keys are fetched; None: the regional endpoint.
+    pub alb_oidc_keys_url: Option<String>,
 }
 
 /// Lambda gives one vCPU per 1769 MB of memory, six at most.
@@ -299,6 +312,8 @@ impl Config {
             }),
             policy_reload_interval: std::time::Duration::from_secs(args.policy_reload_seconds),
             function_name: host.function_name.clone(),
+            alb_oidc_signer: args.alb_oidc_signer.clone().filter(|s| !s.is_empty()),
+            alb_oidc_keys_url: args.alb_oidc_keys_url.clone().filter(|s| !s.is_empty()),
         }
     }
 
@@ -319,6 +334,8 @@ impl Config {
             metrics: MetricsMode::Off,
             policy_reload_interval: std::time::Duration::ZERO,
             function_name: None,
+            alb_oidc_signer: None,
+            alb_oidc_keys_url: None,
         }
     }
 }
