@@ -22,6 +22,9 @@ cargo fmt --all -- --check
 section "cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets --quiet -- -D warnings
 
+section "en_US.UTF-8 locale (skl2onnx's default text models need it)"
+scripts/setup-locale.sh
+
 section "cargo test (unit, integration, doc)"
 cargo test --locked
 

@@ -277,6 +277,10 @@ def cmd_dockerfile(repo: str) -> None:
         problems.append('CMD should be ["lambda"]')
     if not any(i == "COPY" and "--from=ort" in a and "/var/task" in a for _, i, a in tail):
         problems.append("libonnxruntime is not copied next to the binary in /var/task")
+    # skl2onnx's default text models need en_US.UTF-8; provided:al2023 has only C locales.
+    if not any(i == "RUN" and re.search(r"\b(micro)?dnf install\b.*\bglibc-(langpack-en|all-langpacks)\b", a)
+               for _, i, a in tail):
+        problems.append("the runtime stage does not install en_US.UTF-8 (glibc-langpack-en)")
     check("dockerfile: runtime stage is provided:al2023 with the binary as exec-form entry point", not problems,
           detail_ok=f'{base}, ENTRYPOINT {entry[-1] if entry else ""} CMD {cmd[-1] if cmd else ""}',
           detail_fail="; ".join(problems))
@@ -445,8 +449,13 @@ def cmd_templates(repo: str) -> None:
     layer_script = open(os.path.join(repo, "scripts", "build-ort-layer.sh"), encoding="utf-8").read()
     if "target/lambda" not in layer_script or "ort-layer" not in layer_script:
         problems.append("build-ort-layer.sh does not write target/lambda/ort-layer")
-    check("template-zip: provided.al2023 bootstrap + ONNX Runtime layer at /opt/lib", not problems,
-          detail_fail="; ".join(problems))
+    # skl2onnx's default text models need en_US.UTF-8; provided.al2023 has only C locales.
+    if zp["Environment"]["Variables"].get("LOCPATH") != "/opt/lib/locale":
+        problems.append("zip function LOCPATH is not the layer's /opt/lib/locale")
+    if 'setup-locale.sh" --dir "$layer_dir/lib/locale"' not in layer_script or "en_US.UTF-8" not in layer_script:
+        problems.append("build-ort-layer.sh does not compile en_US.UTF-8 into lib/locale")
+    check("template-zip: provided.al2023 bootstrap + ONNX Runtime layer at /opt/lib, locales at /opt/lib/locale",
+          not problems, detail_fail="; ".join(problems))
 
     ecs = load_cfn(os.path.join(infra, "ecs-service.yaml"))["Resources"]
     td = ecs["TaskDefinition"]["Properties"]
