@@ -31,6 +31,13 @@ cargo test --locked
 section "tritonclient[http] compatibility (pytest)"
 scripts/test-python.sh
 
-section "infrastructure: cfn-lint, sam validate --lint, checkov, hadolint, static checks, binary smoke test"
-cargo build --locked --quiet --bin model-router
-MODEL_ROUTER_BIN="$PWD/target/debug/model-router" scripts/check-infra.sh
+section "the release binary (built once: the Lambda end-to-end test and the smoke test share it)"
+t=$SECONDS
+cargo build --release --locked --quiet --bin model-router
+echo "release build: $((SECONDS - t)) s"
+
+section "Lambda runtime loop end to end (cargo lambda watch: every event source, admin, PRELOAD, SIGTERM, EMF)"
+scripts/lambda-e2e.sh
+
+section "infrastructure: cfn-lint, sam validate --lint, checkov, hadolint, static checks, invoke policy, binary smoke test"
+MODEL_ROUTER_BIN="$PWD/target/release/model-router" scripts/check-infra.sh
