@@ -7,14 +7,25 @@
 # (layers are extracted under /opt). The function sets
 # ORT_DYLIB_PATH=/opt/lib/libonnxruntime.so.1.32.0.
 #
+# The layer also carries compiled locale data, en_US.UTF-8 and C.UTF-8, under
+#   /opt/lib/locale/<name>/LC_*
+# and the function sets LOCPATH=/opt/lib/locale: provided.al2023 has only the C
+# locales, and scikit-learn text models exported with skl2onnx's defaults need
+# en_US.UTF-8 (scripts/setup-locale.sh). With LOCPATH set, glibc looks for
+# locales only there, so C.UTF-8 is carried too. The data is compiled by the
+# build host's localedef: build on Amazon Linux 2023 (glibc 2.34, `dnf install
+# glibc-locale-source`) to match Lambda's glibc exactly.
+#
 #   scripts/build-ort-layer.sh [--arch x86_64|arm64] [--out DIR]
 #
 # Output (DIR defaults to target/lambda):
 #   DIR/ort-layer/lib/libonnxruntime.so.1.32.0       (the layer's content, for
 #   DIR/ort-layer/lib/libonnxruntime_providers_shared.so   sam deploy's ContentUri)
+#   DIR/ort-layer/lib/locale/en_US.UTF-8/, C.UTF-8/
 #   DIR/ort-layer-<arch>.zip                          (the same, zipped, for
 #                                                      aws lambda publish-layer-version)
-# Needs: bash, python3 with pip. Network: PyPI only (the wheel is cached in
+# Needs: bash, python3 with pip, localedef with the locale sources (Debian:
+# locales; AL2023: glibc-locale-source). Network: PyPI only (the wheel is cached in
 # .cache/wheels, shared with setup-ort.sh).
 set -euo pipefail
 
@@ -80,12 +91,21 @@ zip_path="$out/ort-layer-${lambda_arch}.zip"
 rm -rf "$layer_dir" "$zip_path"
 mkdir -p "$layer_dir/lib"
 
-# Unpack the two libraries and zip them as lib/... with Python's zipfile (no
-# unzip/zip needed). Mode 0755 is recorded in the zip entries.
+LOCALES="C.UTF-8 en_US.UTF-8" "$REPO_ROOT/scripts/setup-locale.sh" --dir "$layer_dir/lib/locale" >/dev/null
+
+# Unpack the two libraries and zip them with the locale data as lib/... with
+# Python's zipfile (no unzip/zip needed). Libraries are mode 0755, data 0644.
 "$PYTHON" - "$wheel" "$layer_dir" "$zip_path" "$ORT_VERSION" <<'PY'
 import os, sys, zipfile
 wheel, layer_dir, zip_path, version = sys.argv[1:5]
 names = ["libonnxruntime.so." + version, "libonnxruntime_providers_shared.so"]
+
+def add(dst, name, data, mode):
+    info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
+    info.external_attr = ((0o100000 | mode) << 16)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    dst.writestr(info, data)
+
 with zipfile.ZipFile(wheel) as src, \
      zipfile.ZipFile(zip_path + ".tmp", "w", zipfile.ZIP_DEFLATED, compresslevel=9) as dst:
     for base in names:
@@ -94,14 +114,17 @@ with zipfile.ZipFile(wheel) as src, \
         with open(path, "wb") as f:
             f.write(data)
         os.chmod(path, 0o755)
-        info = zipfile.ZipInfo("lib/" + base, date_time=(2020, 1, 1, 0, 0, 0))
-        info.external_attr = (0o100755 << 16)
-        info.compress_type = zipfile.ZIP_DEFLATED
-        dst.writestr(info, data)
+        add(dst, "lib/" + base, data, 0o755)
+    locale_dir = os.path.join(layer_dir, "lib", "locale")
+    for root, _, files in sorted(os.walk(locale_dir)):
+        for base in sorted(files):
+            path = os.path.join(root, base)
+            with open(path, "rb") as f:
+                add(dst, os.path.relpath(path, layer_dir), f.read(), 0o644)
 os.replace(zip_path + ".tmp", zip_path)
 PY
 
 log "layer content: $layer_dir/lib ($(du -sh "$layer_dir" | cut -f1) unpacked)"
 log "layer zip:     $zip_path ($(du -h "$zip_path" | cut -f1))"
-log "the function sets ORT_DYLIB_PATH=/opt/lib/libonnxruntime.so.$ORT_VERSION"
+log "the function sets ORT_DYLIB_PATH=/opt/lib/libonnxruntime.so.$ORT_VERSION and LOCPATH=/opt/lib/locale"
 printf '%s\n' "$zip_path"

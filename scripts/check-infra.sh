@@ -8,7 +8,13 @@
 #   static checks           infra/checks/static_checks.py: base images pinned, COPY
 #                           sources present, Cargo.toml covered, ONNX Runtime pins
 #                           equal to scripts/setup-ort.sh, and the templates against
-#                           DESIGN.md (routes, environment, read-only EFS, alarms)
+#                           DESIGN.md and the README (every server route in both
+#                           HTTP APIs, environment, read-only EFS, alarms)
+#   invoke policy           the SAM transform of both templates (offline): only the
+#                           HTTP API (by source ARN) and the warm schedule may invoke
+#                           the serving alias; no Function URL; no IAM policy of the
+#                           template grants invoke but the unattached admin policy.
+#                           A self-test proves the check fails on ten bad variants.
 #   lambda binary smoke     only when target/release/model-router (or $MODEL_ROUTER_BIN) exists: `lambda`
 #                           mode against a runtime API that refuses connections
 #                           must exit non-zero with an error line, not hang or panic
@@ -208,9 +214,15 @@ check_static() {
     run_static "$PYTHON" infra/checks/static_checks.py dockerfile "$REPO_ROOT"
     section "static checks: templates against DESIGN.md"
     run_static "${OFFLINE[@]}" "$VENV_DIR/lint/bin/python" infra/checks/static_checks.py templates "$REPO_ROOT"
+    section "invoke policy: only the HTTP API and the warm schedule may invoke the serving alias (SAM transform, $NET_NOTE)"
+    run_static "${OFFLINE[@]}" "$VENV_DIR/lint/bin/python" infra/checks/static_checks.py invoke "$REPO_ROOT" \
+        infra/template.yaml infra/template-zip.yaml
+    section "invoke policy self-test: the check refuses templates that let anyone else invoke"
+    run_static "${OFFLINE[@]}" "$VENV_DIR/lint/bin/python" infra/checks/static_checks.py invoke-selftest "$REPO_ROOT"
     section "shell syntax"
     local s
-    for s in scripts/check-infra.sh scripts/build-lambda-zip.sh scripts/build-ort-layer.sh; do
+    for s in scripts/check-infra.sh scripts/build-lambda-zip.sh scripts/build-ort-layer.sh \
+        scripts/setup-locale.sh scripts/lambda-e2e.sh; do
         run_check "bash -n $s" bash -n "$s"
     done
 }

@@ -1,22 +1,39 @@
 #!/usr/bin/env bash
 # End to end through the real Lambda runtime API (docs/lambda.md): the release
-# binary in Lambda mode under `cargo lambda watch` (cargo-lambda 1.9.2 from
-# crates.io), serving examples/models, driven by `cargo lambda invoke` with
-# direct events (warm, status, evict) and by plain HTTP against the watcher's
-# Function URL emulation (predicts, a bad request, an admin-looking path).
-# Every answer is checked. Then the function gets SIGTERM, and must flush and
-# exit within Lambda's shutdown budget; then the watcher is stopped.
+# (or, with E2E_PROFILE=dev, debug) binary in Lambda mode under `cargo lambda watch` (cargo-lambda 1.9.2, the
+# hash-pinned PyPI wheel of scripts/requirements-cargo-lambda.txt, in the venv
+# .cache/venv-cargo-lambda), serving examples/models. It covers:
+#   - PRELOAD_MODELS at init (one good model, one missing: init still succeeds)
+#   - every HTTP event source: API Gateway REST (v1), HTTP API (v2), ALB and
+#     Function URL events sent as they arrive (`cargo lambda invoke` with the
+#     fixtures of tests/data/events), and plain HTTP against the watcher's
+#     Function URL emulation (predicts, an alias, bad requests, an
+#     admin-looking path that must be a 404)
+#   - the admin events by direct invoke (warm, status, evict) and as an
+#     EventBridge scheduled event
+#   - SIGTERM: the function must flush its last metrics and exit within
+#     Lambda's shutdown budget
+#   - the EMF lines on stdout
+# Every answer is checked. scripts/test.sh (and so CI) runs it.
 #
-# Not in CI: installing cargo-lambda takes about 16 minutes on 2 cores.
-#
-#   scripts/lambda-e2e.sh                 # E2E_PORT=9000 by default
+#   scripts/lambda-e2e.sh                 # on a free port, the release build
 #   E2E_PORT=9317 scripts/lambda-e2e.sh
+#   E2E_PROFILE=dev scripts/lambda-e2e.sh # the debug build
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CARGO_LAMBDA_VERSION=1.9.2
-port="${E2E_PORT:-9000}"
+# A free port unless E2E_PORT names one (other test runs may hold 9000).
+port="${E2E_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 function_name=model-router # the package's one binary
+# E2E_PROFILE=release (the default: what ships) or dev (the debug build the
+# unit tests already made; quicker where no release build exists yet).
+profile="${E2E_PROFILE:-release}"
+case "$profile" in
+  release) release_flag=(--release) ;;
+  dev) release_flag=() ;;
+  *) echo "E2E_PROFILE must be release or dev, not '$profile'" >&2; exit 2 ;;
+esac
 started=$(date +%s)
 section() { printf '\n== %s\n' "$*"; }
 elapsed() { echo $(($(date +%s) - $1))s; }
@@ -24,17 +41,21 @@ elapsed() { echo $(($(date +%s) - $1))s; }
 ORT_DYLIB_PATH="$(scripts/setup-ort.sh | tail -n 1)"
 export ORT_DYLIB_PATH
 
-if [ "$(cargo lambda --version 2>/dev/null | awk '{print $2}')" != "$CARGO_LAMBDA_VERSION" ]; then
-  section "installing cargo-lambda $CARGO_LAMBDA_VERSION (about 16 minutes on 2 cores)"
-  t=$(date +%s)
-  cargo install cargo-lambda --version "$CARGO_LAMBDA_VERSION" --locked
-  echo "installed in $(elapsed "$t")"
-fi
-cargo lambda --version
-
-section "building the release binary"
+section "cargo-lambda $CARGO_LAMBDA_VERSION (pinned wheel, venv .cache/venv-cargo-lambda)"
 t=$(date +%s)
-cargo build --release --locked --bin model-router
+# --no-deps: its only dependency, ziglang (~100 MB), serves `cargo lambda
+# build` cross-compiling, not watch or invoke (scripts/requirements-cargo-lambda.txt).
+VENV_DIR="$PWD/.cache/venv-cargo-lambda" PIP_NO_DEPS=1 \
+  scripts/python-env.sh scripts/requirements-cargo-lambda.txt >/dev/null
+export PATH="$PWD/.cache/venv-cargo-lambda/bin:$PATH"
+have="$(cargo lambda --version 2>/dev/null | awk '{print $2}')"
+[ "$have" = "$CARGO_LAMBDA_VERSION" ] \
+  || { echo "FAIL cargo lambda --version says '$have', expected $CARGO_LAMBDA_VERSION" >&2; exit 1; }
+echo "cargo-lambda $have ready in $(elapsed "$t")"
+
+section "the $profile binary (a no-op when scripts/test.sh built it already)"
+t=$(date +%s)
+cargo build ${release_flag[@]+"${release_flag[@]}"} --locked --bin model-router
 echo "built in $(elapsed "$t")"
 
 work="$(mktemp -d)"
@@ -50,10 +71,10 @@ METRICS_NAMESPACE=ModelRouterE2E
 RUST_LOG=info
 EOF
 
-section "cargo lambda watch --release on port $port"
+section "cargo lambda watch ${release_flag[*]-} on port $port"
 # Its own process group, so stopping it stops cargo run and the function too.
 # --ignore-changes: no rebuild when files change while the test runs.
-setsid cargo lambda watch --release --ignore-changes --invoke-port "$port" \
+setsid cargo lambda watch ${release_flag[@]+"${release_flag[@]}"} --ignore-changes --invoke-port "$port" \
   --env-file "$work/env" >"$log" 2>&1 &
 watcher=$!
 stop_watcher() {
@@ -123,8 +144,21 @@ status = invoke(f"{events}/admin_status.json")
 cached = sorted(e["model"] for e in status["entries"])
 check("status after warm", cached == ["iris/1", "mlp/1", "mlp/2"] and status["loads"] == 3, status)
 
+# Each HTTP event source, as its event arrives at the function (the runtime
+# API does not care who sent it): answered in that source's response shape.
+for source, event_file in [("API Gateway REST (v1)", "apigw_v1_predict.json"),
+                           ("API Gateway HTTP API (v2)", "apigw_v2_predict.json"),
+                           ("Application Load Balancer", "alb_predict.json"),
+                           ("Function URL", "function_url_predict.json")]:
+    answer = invoke(f"{events}/{event_file}")
+    body = json.loads(answer.get("body") or "{}")
+    shaped = "statusDescription" in answer if "alb" in event_file else "statusDescription" not in answer
+    check(f"predict ({source} event)", answer.get("statusCode") == 200 and shaped
+          and body.get("model_version") == "1" and body.get("outputs", {}).get("label") == [1],
+          {k: answer.get(k) for k in ("statusCode", "statusDescription")} | {"body": body})
+
 code, answer = http("POST", "/models/mlp/1/predict", features)
-check("predict (Function URL)", code == 200 and answer["model_version"] == "1"
+check("predict (HTTP through the watcher's Function URL emulation)", code == 200 and answer["model_version"] == "1"
       and answer["outputs"]["label"] == [1], (code, answer))
 code, answer = http("POST", "/models/mlp/stable/predict", features)
 check("predict through an alias", code == 200 and answer["model_version"] == "1", (code, answer))
@@ -183,7 +217,7 @@ for line in lines:
     if start >= 0:
         emf.append(json.loads(line[start:]))
 requests = [l for l in emf if "Requests" in l]
-ok = len(requests) >= 5 and all(
+ok = len(requests) >= 9 and all(
     d["Namespace"] == "ModelRouterE2E" for l in emf for d in l["_aws"]["CloudWatchMetrics"])
 print(f"{'ok  ' if ok else 'FAIL'} EMF on stdout: {len(emf)} lines, {len(requests)} of them requests")
 print("     e.g.", json.dumps(requests[0]) if requests else "-")

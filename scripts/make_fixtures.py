@@ -647,7 +647,7 @@ TEXT_SENTENCES = [
 ]
 
 
-def make_text_tfidf() -> None:
+def make_text_pipeline(name: str, converter_options: dict[str, str], description: str) -> None:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
@@ -660,14 +660,11 @@ def make_text_tfidf() -> None:
         ("tfidf", TfidfVectorizer()),
         ("clf", LogisticRegression(C=10.0, max_iter=1000, random_state=0)),
     ]).fit(texts, labels)
-    # StringNormalizer (the lowercasing step) defaults to locale en_US, which onnxruntime
-    # maps to en_US.UTF-8 on Linux; a machine (or Lambda image) without that locale
-    # fails to create the session ("Failed to construct locale with name:en_US.UTF-8").
-    # The "C" locale always exists; it lowercases ASCII, enough for these sentences.
     tfidf = pipe.steps[0][1]
-    onx = convert_sklearn(pipe, "text_tfidf", initial_types=[("text", StringTensorType([None, 1]))],
-                          target_opset=SKL_TARGET_OPSET, options={id(tfidf): {"locale": "C"}})
-    onnx_path, ort_path = finish_converted("text_tfidf", onx)
+    options = {id(tfidf): converter_options} if converter_options else None
+    onx = convert_sklearn(pipe, name, initial_types=[("text", StringTensorType([None, 1]))],
+                          target_opset=SKL_TARGET_OPSET, options=options)
+    onnx_path, ort_path = finish_converted(name, onx)
     cases = [
         ("single_row", ["a wonderful and happy movie"]),
         ("batch", ["the staff was rude and the food awful", "great coffee, lovely day", "a book about a concert"]),
@@ -675,13 +672,38 @@ def make_text_tfidf() -> None:
     fw = [{"label": pipe.predict(t).tolist(), "probabilities": pipe.predict_proba(t).tolist(),
            "classes": pipe.classes_.tolist()} for _, t in cases]
     write_expected(
-        "text_tfidf",
+        name,
         "scikit-learn Pipeline(TfidfVectorizer, LogisticRegression) on 20 English sentences, "
-        "labels 'negative'/'positive', string input [N,1], ZipMap output",
+        "labels 'negative'/'positive', string input [N,1], ZipMap output" + (f"; {description}" if description else ""),
         onnx_path, ort_path,
         [(n, {"text": np.array(t, dtype=object).reshape(-1, 1)}) for n, t in cases],
         framework="scikit-learn", framework_outputs=fw,
     )
+
+
+def make_text_tfidf() -> None:
+    # StringNormalizer (the lowercasing step) defaults to locale en_US, which onnxruntime
+    # maps to en_US.UTF-8 on Linux; a machine (or Lambda image) without that locale
+    # fails to create the session ("Failed to construct locale with name:en_US.UTF-8").
+    # The "C" locale always exists; it lowercases ASCII, enough for these sentences.
+    make_text_pipeline("text_tfidf", {"locale": "C"}, "")
+
+
+def make_text_tfidf_default() -> None:
+    # The same pipeline converted as users do, with skl2onnx's defaults: its
+    # StringNormalizer asks for locale en_US (en_US.UTF-8). Making and checking
+    # it needs that locale (scripts/setup-locale.sh, or LOCPATH=DIR from
+    # `scripts/setup-locale.sh --dir DIR`).
+    import locale as pylocale
+    try:
+        saved = pylocale.setlocale(pylocale.LC_CTYPE)
+        pylocale.setlocale(pylocale.LC_CTYPE, "en_US.UTF-8")
+        pylocale.setlocale(pylocale.LC_CTYPE, saved)
+    except pylocale.Error:
+        raise SystemExit("text_tfidf_default needs the en_US.UTF-8 locale: run scripts/setup-locale.sh "
+                         "(or scripts/setup-locale.sh --dir DIR and set LOCPATH=DIR)")
+    make_text_pipeline("text_tfidf_default", {}, "converted with skl2onnx's default options "
+                       "(StringNormalizer locale en_US: needs en_US.UTF-8 where it runs)")
 
 
 # onnxmltools 1.16 refuses target_opset > 15 for XGBoost ("target_opset 17 is higher
@@ -778,6 +800,7 @@ SKLEARN_MODELS = {
     "iris_logreg": make_iris_logreg,
     "diabetes_ridge": make_diabetes_ridge,
     "text_tfidf": make_text_tfidf,
+    "text_tfidf_default": make_text_tfidf_default,
     "xgb_classifier": make_xgb_classifier,
     "mixed_inputs": make_mixed_inputs,
 }

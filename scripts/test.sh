@@ -22,12 +22,22 @@ cargo fmt --all -- --check
 section "cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets --quiet -- -D warnings
 
+section "en_US.UTF-8 locale (skl2onnx's default text models need it)"
+scripts/setup-locale.sh
+
 section "cargo test (unit, integration, doc)"
 cargo test --locked
 
 section "tritonclient[http] compatibility (pytest)"
 scripts/test-python.sh
 
-section "infrastructure: cfn-lint, sam validate --lint, checkov, hadolint, static checks, binary smoke test"
-cargo build --locked --quiet --bin model-router
-MODEL_ROUTER_BIN="$PWD/target/debug/model-router" scripts/check-infra.sh
+section "the release binary (built once: the Lambda end-to-end test and the smoke test share it)"
+t=$SECONDS
+cargo build --release --locked --quiet --bin model-router
+echo "release build: $((SECONDS - t)) s"
+
+section "Lambda runtime loop end to end (cargo lambda watch: every event source, admin, PRELOAD, SIGTERM, EMF)"
+scripts/lambda-e2e.sh
+
+section "infrastructure: cfn-lint, sam validate --lint, checkov, hadolint, static checks, invoke policy, binary smoke test"
+MODEL_ROUTER_BIN="$PWD/target/release/model-router" scripts/check-infra.sh

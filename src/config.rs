@@ -183,6 +183,15 @@ pub struct RouterArgs {
     /// (EFS and NFS answer each read after a network round trip).
     #[arg(long, env = "MODEL_FETCH_READERS", default_value_t = 8)]
     pub fetch_readers: usize,
+    /// The ARN of the Application Load Balancer whose OIDC tokens
+    /// (`x-amzn-oidc-data`) are verified and believed when the access policy
+    /// says `"alb_oidc": true`. Unset: such tokens are refused (403).
+    #[arg(long, env = "ALB_OIDC_SIGNER")]
+    pub alb_oidc_signer: Option<String>,
+    /// Where the ALB's public keys are fetched from, as `<url>/<kid>`. Default:
+    /// `https://public-keys.auth.elb.REGION.amazonaws.com`, REGION from ALB_OIDC_SIGNER.
+    #[arg(long, env = "ALB_OIDC_KEYS_URL")]
+    pub alb_oidc_keys_url: Option<String>,
 }
 
 /// The resolved configuration, logged once at start-up.
@@ -225,6 +234,10 @@ pub struct Config {
     pub load_timeout: std::time::Duration,
     /// MODEL_FETCH_READERS: parallel reads of a model file.
     pub fetch_readers: usize,
+    /// ALB_OIDC_SIGNER: the ALB whose OIDC tokens are verified (`"alb_oidc": true`).
+    pub alb_oidc_signer: Option<String>,
+    /// ALB_OIDC_KEYS_URL: where its public keys are fetched; None: the regional endpoint.
+    pub alb_oidc_keys_url: Option<String>,
 }
 
 /// Lambda gives one vCPU per 1769 MB of memory, six at most.
@@ -325,6 +338,8 @@ impl Config {
             resolve_ttl: seconds_or_zero(args.resolve_cache_seconds),
             load_timeout: seconds_or_zero(args.load_timeout_seconds),
             fetch_readers: args.fetch_readers.max(1),
+            alb_oidc_signer: args.alb_oidc_signer.clone().filter(|s| !s.is_empty()),
+            alb_oidc_keys_url: args.alb_oidc_keys_url.clone().filter(|s| !s.is_empty()),
         }
     }
 
@@ -348,6 +363,8 @@ impl Config {
             resolve_ttl: std::time::Duration::ZERO,
             load_timeout: std::time::Duration::from_secs(60),
             fetch_readers: 8,
+            alb_oidc_signer: None,
+            alb_oidc_keys_url: None,
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::engine::{
     Engine, EngineConfig, EngineError, LoadedModel, ModelFormat, OutputValue, Signature, Tensor,
 };
 use crate::error::{Error, RequestError};
-use crate::identity::Caller;
+use crate::identity::{AlbOidc, AlbVerifier, Caller};
 use crate::policy::{Access, AccessControl, Policy, PolicyStatus};
 use crate::repository::{
     FetchOptions, Manifest, ModelKey, ModelName, Repository, RepositoryError, ResolvedModel,
@@ -103,6 +103,8 @@ struct Inner {
     access: AccessControl,
     /// The policy whose cache shares are applied, to notice a reload.
     shares_applied: std::sync::Mutex<Option<Arc<Policy>>>,
+    /// Verifies ALB OIDC tokens (ALB_OIDC_SIGNER), or why it cannot.
+    alb: Result<AlbVerifier, String>,
 }
 
 impl ModelService {
@@ -134,6 +136,13 @@ impl ModelService {
             config.access_policy.as_deref(),
             config.policy_reload_interval,
         );
+        let alb = match config.alb_oidc_signer.as_deref() {
+            Some(signer) => AlbVerifier::new(signer, config.alb_oidc_keys_url.as_deref()),
+            None => Err(crate::identity::ALB_SIGNER_UNSET.to_string()),
+        };
+        if let (Some(_), Err(why)) = (&config.alb_oidc_signer, &alb) {
+            tracing::error!("ALB OIDC tokens will be refused: {why}");
+        }
         let service = ModelService {
             inner: Arc::new(Inner {
                 config,
@@ -144,6 +153,7 @@ impl ModelService {
                 preload_failures: Default::default(),
                 access,
                 shares_applied: Default::default(),
+                alb,
             }),
         };
         // Apply the shares of the policy read at start-up.
@@ -172,10 +182,19 @@ impl ModelService {
         self.inner.access.status()
     }
 
-    /// The caller of `request`, as far as the front door authenticated it.
-    pub fn caller_of(&self, request: &http::Request<bytes::Bytes>) -> Caller {
+    /// The caller of `request`, as far as the front door authenticated it. An
+    /// ALB OIDC token that the policy says to believe but that does not verify
+    /// is refused: 403.
+    pub async fn caller_of(&self, request: &http::Request<bytes::Bytes>) -> Result<Caller, Error> {
         let trust_alb = matches!(self.inner.access.current(), Access::Policy(p) if p.alb_oidc);
-        Caller::of(request, trust_alb)
+        let alb = match (&self.inner.alb, trust_alb) {
+            (_, false) => AlbOidc::Ignored,
+            (Ok(verifier), true) => AlbOidc::Verified(verifier),
+            (Err(why), true) => AlbOidc::Unconfigured(why),
+        };
+        Caller::of(request, alb)
+            .await
+            .map_err(|e| RequestError::Forbidden(e.to_string()).into())
     }
 
     /// Whether `caller` may use `name` at `version` (DESIGN section 8). Decided

@@ -290,6 +290,20 @@ async fn text_tfidf_pipeline_with_a_string_input_and_string_labels() {
     .await;
 }
 
+/// The same pipeline exported with skl2onnx's defaults, as users do: its
+/// StringNormalizer needs en_US.UTF-8 (scripts/setup-locale.sh installs it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_tfidf_exported_with_skl2onnx_defaults() {
+    check_model(
+        "text_tfidf_default",
+        Answer::Classifier {
+            label: "output_label",
+            probabilities: "output_probability",
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xgboost_classifier() {
     check_model(

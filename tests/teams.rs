@@ -52,6 +52,8 @@ fn service(root: &Path, policy_path: &Path, cache_bytes: u64) -> (ModelService, 
         cache_bytes,
     );
     config.access_policy = Some(policy_path.to_path_buf());
+    config.alb_oidc_signer = Some(ALB_ARN.to_string());
+    config.alb_oidc_keys_url = Some(key_server().url.clone());
     (ModelService::new(config).unwrap(), staging)
 }
 
@@ -80,13 +82,98 @@ impl Who {
     }
 }
 
-/// The ALB's OIDC token: header.payload.signature, claims in the payload.
+/// The ALB of the tests, and the key it signs its OIDC tokens with.
+const ALB_ARN: &str =
+    "arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/app/models/50dc6c495c0c9188";
+const ALB_KID: &str = "5f0d7a3c-6b1e-4c2a-9d8e-0123456789ab";
+
+fn alb_key() -> p256::ecdsa::SigningKey {
+    p256::ecdsa::SigningKey::from_slice(&[7; 32]).unwrap()
+}
+
+/// The regional public-key endpoint, played on 127.0.0.1:0: `GET /<kid>`
+/// answers the PEM of the ALB's key for [`ALB_KID`], 404 otherwise. One per
+/// test binary; counts the keys it served, to show that keys are cached.
+struct KeyServer {
+    url: String,
+    served: std::sync::atomic::AtomicUsize,
+}
+
+fn key_server() -> &'static KeyServer {
+    static SERVER: std::sync::OnceLock<&'static KeyServer> = std::sync::OnceLock::new();
+    SERVER.get_or_init(|| {
+        use p256::pkcs8::EncodePublicKey as _;
+        use std::io::{BufRead, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let server: &'static KeyServer = Box::leak(Box::new(KeyServer {
+            url: format!("http://{}", listener.local_addr().unwrap()),
+            served: Default::default(),
+        }));
+        let pem = alb_key()
+            .verifying_key()
+            .to_public_key_pem(p256::pkcs8::LineEnding::LF)
+            .unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = std::io::BufReader::new(&stream);
+                let mut request_line = String::new();
+                let _ = reader.read_line(&mut request_line);
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let (status, body) = if request_line.starts_with(&format!("GET /{ALB_KID} ")) {
+                    server
+                        .served
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    ("200 OK", pem.as_str())
+                } else {
+                    ("404 Not Found", "no such key")
+                };
+                let _ = write!(
+                    &stream,
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        server
+    })
+}
+
+/// The ALB's OIDC token as the ALB makes it: padded base64url segments,
+/// `signer` and `exp` in the header, ES256 over `header.payload`.
+fn signed_token(key: &p256::ecdsa::SigningKey, header: &Value, claims: &Value) -> String {
+    use p256::ecdsa::signature::Signer as _;
+    let padded = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE.encode(bytes);
+    let signed = format!(
+        "{}.{}",
+        padded(header.to_string().as_bytes()),
+        padded(claims.to_string().as_bytes())
+    );
+    let signature: p256::ecdsa::Signature = key.sign(signed.as_bytes());
+    format!("{signed}.{}", padded(&signature.to_bytes()))
+}
+
+fn alb_header(exp: u64) -> Value {
+    json!({"typ": "JWT", "kid": ALB_KID, "alg": "ES256", "iss": "https://idp.example.com",
+           "client": "model-router", "signer": ALB_ARN, "exp": exp})
+}
+
+fn in_an_hour() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600
+}
+
+/// A good token of the ALB for a member of `team`.
 fn oidc_token(team: &str) -> String {
-    let encode = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
-    format!(
-        "{}.{}.c2ln",
-        encode(&json!({"alg": "ES256", "kid": "k"})),
-        encode(&json!({"sub": "user-1", "team": team}))
+    signed_token(
+        &alb_key(),
+        &alb_header(in_an_hour()),
+        &json!({"sub": "user-1", "team": team, "email": "user-1@example.com"}),
     )
 }
 
@@ -223,15 +310,120 @@ async fn alb_headers_are_ignored_unless_the_policy_says_the_alb_authenticates() 
         &event("alb_oidc", Who::Fraud, "fraud-model", false),
     )
     .await;
+    assert_forbidden(
+        status,
+        &body,
+        "unauthenticated",
+        "an ALB token the policy does not believe",
+    );
+}
+
+/// A 403 `forbidden` whose message contains `why`.
+fn assert_forbidden(status: u16, body: &Value, why: &str, context: &str) {
     assert_eq!(
         (status, body["code"].as_str()),
         (403, Some("forbidden")),
-        "{body}"
+        "{context}: {body}"
     );
     assert!(
-        body["error"].as_str().unwrap().contains("unauthenticated"),
-        "{body}"
+        body["error"].as_str().unwrap().contains(why),
+        "{context}: {body}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alb_tokens_must_be_signed_by_the_configured_alb_and_unexpired() {
+    let root = team_repository();
+    let dir = tempfile::tempdir().unwrap();
+    let policy_path = dir.path().join("policy.json");
+    std::fs::write(&policy_path, policy(true)).unwrap();
+    let (service, _staging) = service(root.path(), &policy_path, 1 << 30);
+    let fraud = json!({"sub": "user-1", "team": "fraud"});
+    let with_token = |token: &str| {
+        let mut event: Value =
+            serde_json::from_str(&event("alb_oidc", Who::Fraud, "fraud-model", false)).unwrap();
+        event["headers"]["x-amzn-oidc-data"] = json!(token);
+        event.to_string()
+    };
+    let good = oidc_token("fraud");
+    assert_eq!(status_of(&service, &with_token(&good)).await.0, 200);
+
+    let padded = |v: &Value| base64::engine::general_purpose::URL_SAFE.encode(v.to_string());
+    let mut unsigned_header = alb_header(in_an_hour());
+    unsigned_header["alg"] = json!("none");
+    let mut foreign_signer = alb_header(in_an_hour());
+    foreign_signer["signer"] =
+        json!("arn:aws:elasticloadbalancing:us-east-1:999999999999:loadbalancer/app/evil/1");
+    let mut unknown_kid = alb_header(in_an_hour());
+    unknown_kid["kid"] = json!("00000000-0000-0000-0000-000000000000");
+    let foreign_key = p256::ecdsa::SigningKey::from_slice(&[9; 32]).unwrap();
+    let (good_signed, good_signature) = good.rsplit_once('.').unwrap();
+    let refused = [
+        (
+            "unsigned (alg none)",
+            format!("{}.{}.", padded(&unsigned_header), padded(&fraud)),
+            "ES256",
+        ),
+        (
+            "claims without a signature",
+            format!("{}.{}.", padded(&alb_header(in_an_hour())), padded(&fraud)),
+            "signature",
+        ),
+        (
+            "signed by a foreign key",
+            signed_token(&foreign_key, &alb_header(in_an_hour()), &fraud),
+            "does not verify",
+        ),
+        (
+            "from a foreign ALB",
+            signed_token(&alb_key(), &foreign_signer, &fraud),
+            "not by the configured ALB",
+        ),
+        (
+            "expired in 2001",
+            signed_token(&alb_key(), &alb_header(978_307_200), &fraud),
+            "expired",
+        ),
+        (
+            "claims edited after signing",
+            format!(
+                "{}.{}.{good_signature}",
+                good_signed.split_once('.').unwrap().0,
+                padded(&json!({"sub": "user-1", "team": "fraud", "admin": true}))
+            ),
+            "does not verify",
+        ),
+        (
+            "a key the endpoint does not have",
+            signed_token(&alb_key(), &unknown_kid, &fraud),
+            "could not be fetched",
+        ),
+        ("garbage", "garbage".to_string(), "malformed"),
+    ];
+    for (what, token, why) in refused {
+        let (status, body) = status_of(&service, &with_token(&token)).await;
+        assert_forbidden(status, &body, why, what);
+    }
+    // The good token still passes; its key came from the loopback endpoint.
+    assert_eq!(status_of(&service, &with_token(&good)).await.0, 200);
+    assert!(
+        key_server()
+            .served
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 1
+    );
+
+    // Without ALB_OIDC_SIGNER, a policy that believes the ALB refuses its tokens.
+    let staging = tempfile::tempdir().unwrap();
+    let mut config = Config::for_repository(
+        root.path().to_path_buf(),
+        staging.path().to_path_buf(),
+        1 << 30,
+    );
+    config.access_policy = Some(policy_path.clone());
+    let unconfigured = ModelService::new(config).unwrap();
+    let (status, body) = status_of(&unconfigured, &with_token(&good)).await;
+    assert_forbidden(status, &body, "ALB_OIDC_SIGNER", "no ALB_OIDC_SIGNER");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

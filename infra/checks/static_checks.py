@@ -11,6 +11,8 @@ and the exit status is 1 when any check failed.
     static_checks.py dockerfile   REPO            (plain python3 >= 3.11)
     static_checks.py templates    REPO            (needs cfn-lint's YAML loader)
     static_checks.py skips        REPO CHECKOV_JSON
+    static_checks.py invoke       REPO [TEMPLATE...]   (needs aws-sam-cli's venv)
+    static_checks.py invoke-selftest REPO             (the invoke check refuses bad templates)
 """
 
 from __future__ import annotations
@@ -277,6 +279,10 @@ def cmd_dockerfile(repo: str) -> None:
         problems.append('CMD should be ["lambda"]')
     if not any(i == "COPY" and "--from=ort" in a and "/var/task" in a for _, i, a in tail):
         problems.append("libonnxruntime is not copied next to the binary in /var/task")
+    # skl2onnx's default text models need en_US.UTF-8; provided:al2023 has only C locales.
+    if not any(i == "RUN" and re.search(r"\b(micro)?dnf install\b.*\bglibc-(langpack-en|all-langpacks)\b", a)
+               for _, i, a in tail):
+        problems.append("the runtime stage does not install en_US.UTF-8 (glibc-langpack-en)")
     check("dockerfile: runtime stage is provided:al2023 with the binary as exec-form entry point", not problems,
           detail_ok=f'{base}, ENTRYPOINT {entry[-1] if entry else ""} CMD {cmd[-1] if cmd else ""}',
           detail_fail="; ".join(problems))
@@ -302,6 +308,27 @@ DESIGN_ENV = {
     "METRICS", "MAX_REQUEST_BYTES", "POLICY_RELOAD_SECONDS",
 }
 PUBLISHER_ENV = DESIGN_ENV | {"PUBLISH_INCOMING_PREFIX", "PUBLISH_RESULTS_PREFIX"}
+
+
+def readme_routes(repo: str) -> set[tuple[str, str]]:
+    """The server's routes, from the README's "Requests" table (the reference
+    users read; tests/routes.rs sends each one to the real server). A
+    `[/versions/{version}]` part is optional: both forms are routes."""
+    text = open(os.path.join(repo, "README.md"), encoding="utf-8").read()
+    section = text.split("\n## Requests", 1)[1].split("\n## ", 1)[0]
+    routes = set()
+    for line in section.splitlines():
+        if not line.startswith("| `"):
+            continue
+        first_cell = line.split("|")[1]
+        for method, path in re.findall(r"`(GET|POST|PUT|DELETE|HEAD) (/[^`]*)`", first_cell):
+            for optional in re.findall(r"\[[^\]]*\]", path) or [""]:
+                routes.add((method, path.replace(optional, "") if optional else path))
+                if optional:
+                    routes.add((method, path.replace(optional, optional[1:-1])))
+    if not routes:
+        raise SystemExit("no routes found in README.md's Requests table")
+    return routes
 
 
 def load_cfn(path: str) -> dict:
@@ -355,15 +382,32 @@ def cmd_templates(repo: str) -> None:
     check("template: both functions build infra/Dockerfile; commands lambda and publish-s3", not problems,
           detail_fail="; ".join(problems))
 
+    server_routes = readme_routes(repo)
     routes = set()
     for ev in rp.get("Events", {}).values():
         if ev.get("Type") == "HttpApi":
             routes.add((ev["Properties"]["Method"].upper(), ev["Properties"]["Path"]))
-    missing = DESIGN_ROUTES - routes
+    jwt_routes = set()
+    for r in res.values():
+        if r["Type"] == "AWS::ApiGatewayV2::Route" and json.dumps(r["Properties"].get("ApiId")) == json.dumps({"Ref": "JwtHttpApi"}):
+            method, _, path = r["Properties"]["RouteKey"].partition(" ")
+            jwt_routes.add((method, path))
+            if r["Properties"].get("AuthorizationType") != "JWT":
+                jwt_routes.add(("NO-JWT-AUTH", path))
     api = res["HttpApi"]["Properties"]
     auth_ok = api.get("Auth", {}).get("EnableIamAuthorizer") is True and api["Auth"].get("DefaultAuthorizer") == "AWS_IAM"
-    check("template: HTTP API routes = DESIGN section 3, all AWS_IAM", not missing and auth_ok,
-          detail_ok=f"{len(routes)} routes", detail_fail=f"missing {sorted(missing)}; IAM default authorizer {auth_ok}")
+    problems = []
+    if DESIGN_ROUTES - server_routes:
+        problems.append(f"README's route table lacks DESIGN section 3 routes {sorted(DESIGN_ROUTES - server_routes)}")
+    for label, got in (("IAM HTTP API", routes), ("JWT HTTP API", jwt_routes)):
+        if server_routes - got:
+            problems.append(f"{label} lacks {sorted(server_routes - got)}")
+        if got - server_routes:
+            problems.append(f"{label} has routes the server does not: {sorted(got - server_routes)}")
+    if not auth_ok:
+        problems.append("the HTTP API's default authorizer is not AWS_IAM")
+    check("template: both HTTP APIs (IAM; JWT when ApiAuthorizer=JWT) route every route of the server (README \"Requests\")",
+          not problems, detail_ok=f"{len(server_routes)} routes each", detail_fail="; ".join(problems))
 
     problems = []
     for name, props, allowed in (("RouterFunction", rp, DESIGN_ENV), ("PublisherFunction", pp, PUBLISHER_ENV)):
@@ -445,8 +489,13 @@ def cmd_templates(repo: str) -> None:
     layer_script = open(os.path.join(repo, "scripts", "build-ort-layer.sh"), encoding="utf-8").read()
     if "target/lambda" not in layer_script or "ort-layer" not in layer_script:
         problems.append("build-ort-layer.sh does not write target/lambda/ort-layer")
-    check("template-zip: provided.al2023 bootstrap + ONNX Runtime layer at /opt/lib", not problems,
-          detail_fail="; ".join(problems))
+    # skl2onnx's default text models need en_US.UTF-8; provided.al2023 has only C locales.
+    if zp["Environment"]["Variables"].get("LOCPATH") != "/opt/lib/locale":
+        problems.append("zip function LOCPATH is not the layer's /opt/lib/locale")
+    if 'setup-locale.sh" --dir "$layer_dir/lib/locale"' not in layer_script or "en_US.UTF-8" not in layer_script:
+        problems.append("build-ort-layer.sh does not compile en_US.UTF-8 into lib/locale")
+    check("template-zip: provided.al2023 bootstrap + ONNX Runtime layer at /opt/lib, locales at /opt/lib/locale",
+          not problems, detail_fail="; ".join(problems))
 
     ecs = load_cfn(os.path.join(infra, "ecs-service.yaml"))["Resources"]
     td = ecs["TaskDefinition"]["Properties"]
@@ -463,6 +512,209 @@ def cmd_templates(repo: str) -> None:
         problems.append("/mnt/models is not mounted read-only")
     check("ecs-service: same image as `serve`, EFS read-only over TLS + IAM", not problems,
           detail_fail="; ".join(problems))
+
+
+# --------------------------------------------------------------------------
+# Who may invoke the serving function (the trust boundary, README "Teams")
+# --------------------------------------------------------------------------
+#
+# Lambda cannot tell an HTTP API event from one a caller wrote, so whoever may
+# invoke the serving function can claim any team's identity. After the SAM
+# transform (run here offline with aws-sam-translator, as `sam deploy` would),
+# the serving function's resource policy may hold only:
+#   - apigateway.amazonaws.com, SourceArn within an AWS::ApiGatewayV2::Api of
+#     this template (execute-api:<region>:<account>:<api id>/...)
+#   - events.amazonaws.com, SourceArn the ARN of an AWS::Events::Rule of this
+#     template that targets the alias
+# both on the alias, with Action lambda:InvokeFunction exactly; no Function
+# URL; and no IAM policy of the template may allow invoking it, except the
+# unattached admin policy (RouterAdminInvokePolicy) that operators attach.
+# Conditions are ignored: every permission a parameter can switch on counts.
+
+SERVING_FUNCTION = "RouterFunction"  # template-zip.yaml: RouterZipFunction
+SERVING_FUNCTIONS = (SERVING_FUNCTION, "RouterZipFunction")
+ADMIN_POLICY = "RouterAdminInvokePolicy"
+INVOKE_ACTIONS = re.compile(r"^(\*|lambda:\*|lambda:Invoke\*?|lambda:InvokeFunction(Url)?|lambda:InvokeAsync)$", re.I)
+
+
+def sam_transform(tpl: dict) -> dict:
+    """The CloudFormation template `sam deploy` would submit (offline)."""
+    import copy
+    import logging
+
+    from samtranslator.translator.transform import transform
+
+    # Its usage metrics complain on stderr that nobody publishes them.
+    logging.getLogger("samtranslator").setLevel(logging.ERROR)
+
+    class NoManagedPolicies:
+        def load(self) -> dict:
+            return {}
+
+    tpl = copy.deepcopy(tpl)
+    for r in tpl.get("Resources", {}).values():
+        props = r.get("Properties") or {}
+        # `sam build` / `sam package` fill these in; any URI will do for the transform.
+        if r.get("Type") == "AWS::Serverless::Function" and props.get("PackageType") == "Image":
+            props.setdefault("ImageUri", "123456789012.dkr.ecr.us-east-1.amazonaws.com/model-router:check")
+        elif r.get("Type") == "AWS::Serverless::Function" and isinstance(props.get("CodeUri"), str):
+            props["CodeUri"] = "s3://bucket/model-router.zip"
+        elif r.get("Type") == "AWS::Serverless::LayerVersion" and isinstance(props.get("ContentUri"), str):
+            props["ContentUri"] = "s3://bucket/ort-layer.zip"
+    return transform(tpl, {}, NoManagedPolicies())
+
+
+def refs(value) -> set[str]:
+    """Logical ids that `value` references (Ref, GetAtt, ${X} in Sub)."""
+    out: set[str] = set()
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if k == "Ref" and isinstance(v, str):
+                out.add(v.split(".")[0])
+            elif k == "Fn::GetAtt":
+                name = v[0] if isinstance(v, list) else str(v).split(".")[0]
+                out.add(name)
+            elif k == "Fn::Sub":
+                text = v[0] if isinstance(v, list) else v
+                out |= {m.split(".")[0] for m in re.findall(r"\$\{([^}!]+)\}", text) if not m.startswith("AWS::")}
+                if isinstance(v, list) and len(v) > 1:
+                    for sub_value in v[1].values():
+                        out |= refs(sub_value)
+            else:
+                out |= refs(v)
+    elif isinstance(value, list):
+        for v in value:
+            out |= refs(v)
+    return out
+
+
+def invoke_problems(cfn: dict) -> list[str]:
+    res = cfn.get("Resources", {})
+    function = next((f for f in SERVING_FUNCTIONS if f in res), SERVING_FUNCTION)
+    aliases = {k for k, r in res.items() if r["Type"] == "AWS::Lambda::Alias"
+               and function in refs(r["Properties"].get("FunctionName"))}
+    versions = {k for k, r in res.items() if r["Type"] == "AWS::Lambda::Version"
+                and function in refs(r["Properties"].get("FunctionName"))}
+    serving = {function} | aliases | versions
+    apis = {k for k, r in res.items() if r["Type"] == "AWS::ApiGatewayV2::Api"}
+    rules = {k for k, r in res.items() if r["Type"] == "AWS::Events::Rule"
+             and any(refs(t.get("Arn")) & aliases for t in r["Properties"].get("Targets", []))}
+    problems = []
+    if not aliases:
+        problems.append(f"{function} has no alias (AutoPublishAlias)")
+    for name, r in res.items():
+        props = r.get("Properties") or {}
+        if r["Type"] == "AWS::Lambda::Url" and refs(props.get("TargetFunctionArn")) & serving:
+            problems.append(f"{name}: a Function URL on the serving function")
+        if r["Type"] == "AWS::Lambda::Permission":
+            target = props.get("FunctionName")
+            targets = refs(target)
+            if not targets:
+                problems.append(f"{name}: FunctionName {json.dumps(target)} is not a reference: cannot tell whether it is the serving function")
+                continue
+            if not targets & serving:
+                continue
+            principal, source = props.get("Principal"), props.get("SourceArn")
+            why = []
+            if not targets <= aliases:
+                why.append("is not on the alias")
+            if props.get("Action") != "lambda:InvokeFunction":
+                why.append(f"grants {props.get('Action')!r}, not lambda:InvokeFunction")
+            if any(k in props for k in ("FunctionUrlAuthType", "EventSourceToken", "PrincipalOrgID")):
+                why.append("has FunctionUrlAuthType, EventSourceToken or PrincipalOrgID")
+            if principal == "apigateway.amazonaws.com":
+                text = json.dumps(source)
+                if not (refs(source) & apis and "execute-api:${AWS::Region}:${AWS::AccountId}:" in text):
+                    why.append("lets API Gateway invoke without a SourceArn within this template's HTTP API")
+            elif principal == "events.amazonaws.com":
+                if not (isinstance(source, dict) and "Fn::GetAtt" in source and refs(source) <= rules and refs(source)):
+                    why.append("lets EventBridge invoke without the SourceArn of this template's warm rule")
+            else:
+                why.append(f"gives invoke rights to {json.dumps(principal)}")
+            if why:
+                problems.append(f"{name}: " + "; ".join(why))
+        if r["Type"] in ("AWS::IAM::Role", "AWS::IAM::Policy", "AWS::IAM::ManagedPolicy", "AWS::IAM::User", "AWS::IAM::Group"):
+            documents = [props.get("PolicyDocument")] + [p.get("PolicyDocument") for p in props.get("Policies", []) or []]
+            for doc in filter(None, documents):
+                for st in doc.get("Statement", []):
+                    if st.get("Effect") != "Allow" or not any(INVOKE_ACTIONS.match(a) for a in actions(st)):
+                        continue
+                    resources = st.get("Resource", [])
+                    resources = resources if isinstance(resources, list) else [resources]
+                    if not any(x == "*" or refs(x) & serving or (isinstance(x, str) and ":function:" in x) for x in resources):
+                        continue
+                    attached = [k for k in ("Roles", "Users", "Groups") if props.get(k)]
+                    if name == ADMIN_POLICY and r["Type"] == "AWS::IAM::ManagedPolicy" and not attached:
+                        continue
+                    problems.append(f"{name}: an IAM policy that lets {'its ' + '/'.join(attached) if attached else 'its holder'} invoke the serving function")
+    return problems
+
+
+def cmd_invoke(repo: str, path: str) -> None:
+    label = os.path.relpath(path, repo)
+    problems = invoke_problems(sam_transform(load_sam(path)))
+    check(f"invoke policy of {label}: only the HTTP API (by source ARN) and the warm schedule may invoke the serving alias",
+          not problems, detail_ok="no other principal, no Function URL, admin policy unattached",
+          detail_fail="; ".join(problems))
+
+
+def load_sam(path: str) -> dict:
+    from samcli.yamlhelper import yaml_parse
+
+    return yaml_parse(open(path, encoding="utf-8").read())
+
+
+def bad_variants(tpl: dict) -> list[tuple[str, dict]]:
+    """Templates that must fail the invoke check, each one change away from `tpl`."""
+    import copy
+
+    def variant(change):
+        t = copy.deepcopy(tpl)
+        change(t["Resources"])
+        return t
+
+    def permission(**props):
+        base = {"Action": "lambda:InvokeFunction", "FunctionName": {"Ref": f"{SERVING_FUNCTION}.Alias"}}
+        return {"Type": "AWS::Lambda::Permission", "Properties": base | props}
+
+    def add(name, resource):
+        return lambda res: res.__setitem__(name, resource)
+
+    def set_props(name, **props):
+        return lambda res: res[name]["Properties"].update(props)
+
+    return [
+        ("anyone may invoke (Principal *)", variant(add("Everyone", permission(Principal="*")))),
+        ("another account may invoke", variant(add("OtherAccount", permission(Principal="arn:aws:iam::999999999999:root")))),
+        ("this account's root (every IAM principal it allows) may invoke",
+         variant(add("ThisAccount", permission(Principal={"Ref": "AWS::AccountId"})))),
+        ("API Gateway without a source ARN (any API, any account)",
+         variant(add("AnyApi", permission(Principal="apigateway.amazonaws.com")))),
+        ("EventBridge from a rule elsewhere", variant(add("OtherRule", permission(
+            Principal="events.amazonaws.com", SourceArn="arn:aws:events:us-east-1:999999999999:rule/x")))),
+        ("the HTTP API on the unqualified function", variant(add("Unqualified", permission(
+            Principal="apigateway.amazonaws.com", FunctionName={"Ref": SERVING_FUNCTION},
+            SourceArn={"Fn::Sub": "arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:${HttpApi}/*"})))),
+        ("lambda:* instead of lambda:InvokeFunction", variant(add("Wildcard", permission(
+            Action="lambda:*", Principal="events.amazonaws.com", SourceArn={"Fn::GetAtt": ["WarmScheduleRule", "Arn"]})))),
+        ("a public Function URL", variant(set_props(SERVING_FUNCTION, FunctionUrlConfig={"AuthType": "NONE"}))),
+        ("the publisher's role may invoke the router", variant(lambda res: res["PublisherFunction"]["Properties"]["Policies"].append(
+            {"Statement": [{"Effect": "Allow", "Action": "lambda:InvokeFunction", "Resource": {"Ref": f"{SERVING_FUNCTION}.Alias"}}]}))),
+        ("the admin policy attached to a role", variant(set_props(ADMIN_POLICY, Roles=[{"Ref": "PublisherFunctionRole"}]))),
+    ]
+
+
+def cmd_invoke_selftest(repo: str) -> None:
+    """The invoke check must refuse each bad variant of infra/template.yaml."""
+    tpl = load_sam(os.path.join(repo, "infra", "template.yaml"))
+    for what, bad in bad_variants(tpl):
+        try:
+            problems = invoke_problems(sam_transform(bad))
+        except Exception as e:  # SAM itself refusing the variant would prove nothing
+            record("FAIL", f"invoke check self-test: {what}", f"the variant did not transform: {type(e).__name__}: {e}")
+            continue
+        check(f"invoke check refuses a bad template: {what}", bool(problems),
+              detail_ok=problems[0] if problems else "", detail_fail="the check passed it")
 
 
 # --------------------------------------------------------------------------
@@ -519,6 +771,11 @@ def main() -> int:
             cmd_templates(repo)
         elif cmd == "skips":
             cmd_skips(repo, sys.argv[3])
+        elif cmd == "invoke":
+            for path in sys.argv[3:] or [os.path.join(repo, "infra", "template.yaml")]:
+                cmd_invoke(repo, os.path.abspath(path))
+        elif cmd == "invoke-selftest":
+            cmd_invoke_selftest(repo)
         else:
             print(__doc__, file=sys.stderr)
             return 2

@@ -378,13 +378,34 @@ impl Engine {
         // inputs and outputs. That is a bad model, not a bad process: report it.
         match panic::catch_unwind(AssertUnwindSafe(commit)) {
             Ok(Ok(session)) => Ok(session),
-            Ok(Err(e)) => Err(EngineError::Load(e.to_string())),
+            Ok(Err(e)) => Err(EngineError::Load(with_locale_hint(e.to_string()))),
             Err(panic) => Err(EngineError::Load(format!(
                 "the model declares an input or output type this server cannot read ({})",
                 panic_message(panic.as_ref())
             ))),
         }
     }
+}
+
+/// ONNX Runtime's message when a model (a StringNormalizer: skl2onnx's text
+/// models ask for `en_US`, i.e. `en_US.UTF-8`) needs a locale this environment
+/// lacks, with which locale it is and how to add it prepended.
+fn with_locale_hint(message: String) -> String {
+    const MARK: &str = "Failed to construct locale with name:";
+    let Some(at) = message.find(MARK) else {
+        return message;
+    };
+    let rest = &message[at + MARK.len()..];
+    let name = rest.split([':', ' ', '\n']).next().unwrap_or(rest);
+    format!(
+        "the model needs the locale {name}, which this environment does not have \
+         (skl2onnx exports text models with a StringNormalizer whose default locale is en_US). \
+         Add it: Debian `apt-get install locales` and generate {name} (scripts/setup-locale.sh); \
+         Amazon Linux 2023 `dnf install glibc-langpack-en` (infra/Dockerfile does); or compile it \
+         into a directory and set LOCPATH to it (`scripts/setup-locale.sh --dir DIR`; the zip \
+         deployment's layer does). Or convert the model with the option locale=\"C\". \
+         ONNX Runtime said: {message}"
+    )
 }
 
 /// ORT-format files are flatbuffers whose file identifier (bytes 4..8) is `ORTM`.

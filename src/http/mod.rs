@@ -175,7 +175,7 @@ async fn route(
     };
     // Who may use which model is decided here, before any route reads the
     // repository or the cache.
-    let caller = service.caller_of(request);
+    let caller = service.caller_of(request).await?;
     if let Some((name, version)) = model_of(&parts) {
         record.model = Some(name.to_string());
         record.version = Some(version.to_string());
