@@ -58,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let options = efs_sim::Options {
         latency: Duration::from_secs_f64(args.latency_ms / 1000.0),
-        bytes_per_sec: (args.mbps > 0.0).then(|| (args.mbps * 1e6) as u64),
+        bytes_per_sec: (args.mbps > 0.0).then_some((args.mbps * 1e6) as u64),
         attr_ttl: Duration::from_millis(args.attr_ttl_ms),
         read_ahead: args.read_ahead_kb.saturating_mul(1024),
     };

@@ -23,6 +23,7 @@ section "cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets --quiet -- -D warnings
 
 section "cargo test (unit, integration, doc)"
+scripts/setup-fuse.sh
 cargo test --locked
 
 section "tritonclient[http] compatibility (pytest)"

@@ -36,8 +36,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use fuser::{
     BackgroundSession, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenAccMode, OpenFlags, ReplyAttr,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
-    SessionACL,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request, SessionACL,
 };
 
 /// EFS's `rsize`: the largest read the kernel sends in one request (1 MiB).
@@ -125,9 +124,11 @@ pub struct FileStats {
 /// filesystem if this process dies). `Err` says why not and what to do.
 pub fn available() -> Result<(), String> {
     if !Path::new("/dev/fuse").exists() {
-        return Err("/dev/fuse does not exist (no FUSE in this kernel or container; \
+        return Err(
+            "/dev/fuse does not exist (no FUSE in this kernel or container; \
                     containers need --device /dev/fuse)"
-            .into());
+                .into(),
+        );
     }
     if let Err(e) = OpenOptions::new().read(true).write(true).open("/dev/fuse") {
         return Err(format!("cannot open /dev/fuse: {e}"));
@@ -142,7 +143,10 @@ pub fn available() -> Result<(), String> {
     if !root {
         let setuid = fs::metadata(&fusermount).map(|m| m.mode() & 0o4000 != 0);
         if !matches!(setuid, Ok(true)) {
-            return Err(format!("not root and {} is not setuid root", fusermount.display()));
+            return Err(format!(
+                "not root and {} is not setuid root",
+                fusermount.display()
+            ));
         }
         // auto_unmount needs allow_other, which fusermount3 grants users only so.
         let conf = fs::read_to_string("/etc/fuse.conf").unwrap_or_default();
@@ -203,7 +207,6 @@ impl EfsSim {
             MountOption::RO,
             MountOption::FSName(format!("efs-sim:{}", source.display())),
             MountOption::Subtype("efs-sim".into()),
-            MountOption::DefaultPermissions,
             MountOption::NoAtime,
             MountOption::AutoUnmount,
         ];
@@ -316,7 +319,9 @@ fn normal(relative: &Path) -> PathBuf {
 /// Locks, ignoring poison: every critical section leaves its map consistent,
 /// and a panicking test must not make the filesystem fail too.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn errno(e: &io::Error) -> Errno {
@@ -434,7 +439,9 @@ impl Shared {
             }
             Fault::TruncateAt(at) if end > at && !armed.fired => {
                 armed.fired = true;
-                let file = OpenOptions::new().write(true).open(self.source.join(relative));
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(self.source.join(relative));
                 file.and_then(|f| {
                     if f.metadata()?.len() > at {
                         f.set_len(at)?;
@@ -462,7 +469,10 @@ impl Shared {
         let mut data = vec![0; size as usize];
         let mut filled = 0;
         while filled < data.len() {
-            match open.file.read_at(&mut data[filled..], offset + filled as u64) {
+            match open
+                .file
+                .read_at(&mut data[filled..], offset + filled as u64)
+            {
                 Ok(0) => break,
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -672,9 +682,8 @@ impl Filesystem for EfsFs {
             _ => Duration::ZERO,
         };
         let shared = self.shared.clone();
-        self.shared.round_trip(hang, move || {
-            shared.serve_read(&open, offset, size, reply)
-        });
+        self.shared
+            .round_trip(hang, move || shared.serve_read(&open, offset, size, reply));
     }
 
     fn flush(
