@@ -219,6 +219,7 @@ impl EfsSim {
             Ok(session) => session,
             Err(e) => {
                 shared.scheduler.shutdown();
+                shared.scheduler.join();
                 return Err(e);
             }
         };
@@ -265,7 +266,8 @@ impl EfsSim {
     }
 
     /// Removes every fault. What a fired TruncateAt or RewriteAt did to the
-    /// source stays done.
+    /// source stays done, and a request already waiting out a hang still
+    /// waits its full time.
     pub fn clear_faults(&self) {
         lock(&self.shared.faults).clear();
     }
@@ -301,6 +303,12 @@ impl EfsSim {
         self.shared.scheduler.join();
     }
 }
+
+// Tests share the handle with server threads and tokio tasks.
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<EfsSim>();
+};
 
 impl Drop for EfsSim {
     fn drop(&mut self) {
