@@ -26,6 +26,7 @@ section "en_US.UTF-8 locale (skl2onnx's default text models need it)"
 scripts/setup-locale.sh
 
 section "cargo test (unit, integration, doc)"
+scripts/setup-fuse.sh
 cargo test --locked
 
 section "tritonclient[http] compatibility (pytest)"
