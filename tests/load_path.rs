@@ -9,17 +9,13 @@ use std::time::Duration;
 
 use common::{TestServer, repository};
 use model_router::Config;
-use serde_json::json;
 
 const ROW: &str = r#"{"features": [0.5, -1.25, 2.0, 0.75]}"#;
 
 async fn server_with(root: &std::path::Path, tweak: impl FnOnce(&mut Config)) -> TestServer {
     let staging = tempfile::tempdir().unwrap();
-    let mut config = Config::for_repository(
-        root.to_path_buf(),
-        staging.path().to_path_buf(),
-        1 << 30,
-    );
+    let mut config =
+        Config::for_repository(root.to_path_buf(), staging.path().to_path_buf(), 1 << 30);
     tweak(&mut config);
     TestServer::with_config(config, staging).await
 }
@@ -35,7 +31,11 @@ async fn latest_and_aliases_are_answered_from_memory_within_the_ttl() {
     let server = server_with(root.path(), |c| c.resolve_ttl = Duration::from_secs(60)).await;
     for (version, concrete) in [("latest", "2"), ("stable", "1")] {
         let (status, body) = server.request("POST", &predict_path(version), ROW).await;
-        assert_eq!((status, body["model_version"].as_str()), (200, Some(concrete)), "{body}");
+        assert_eq!(
+            (status, body["model_version"].as_str()),
+            (200, Some(concrete)),
+            "{body}"
+        );
     }
     // The repository disappears (an EFS mount gone): requests that resolve
     // from memory to a cached model still answer, without touching it.
@@ -43,7 +43,11 @@ async fn latest_and_aliases_are_answered_from_memory_within_the_ttl() {
     std::fs::rename(root.path(), &moved).unwrap();
     for (version, concrete) in [("latest", "2"), ("stable", "1"), ("2", "2")] {
         let (status, body) = server.request("POST", &predict_path(version), ROW).await;
-        assert_eq!((status, body["model_version"].as_str()), (200, Some(concrete)), "{version}: {body}");
+        assert_eq!(
+            (status, body["model_version"].as_str()),
+            (200, Some(concrete)),
+            "{version}: {body}"
+        );
     }
     std::fs::rename(&moved, root.path()).unwrap();
 }
@@ -67,7 +71,11 @@ async fn a_new_version_or_alias_is_seen_once_the_ttl_has_passed() {
         .unwrap();
     tokio::time::sleep(ttl + Duration::from_millis(100)).await;
     let (status, body) = server.request("POST", &predict_path("latest"), ROW).await;
-    assert_eq!((status, body["model_version"].as_str()), (200, Some("2")), "{body}");
+    assert_eq!(
+        (status, body["model_version"].as_str()),
+        (200, Some("2")),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,7 +85,11 @@ async fn a_vanished_repository_is_503_not_404() {
     let server = server_with(root.path(), |_| {}).await;
     let moved = root.path().with_extension("gone");
     std::fs::rename(root.path(), &moved).unwrap();
-    for path in [predict_path("1"), predict_path("latest"), "/models/other/1/predict".into()] {
+    for path in [
+        predict_path("1"),
+        predict_path("latest"),
+        "/models/other/1/predict".into(),
+    ] {
         let (status, body) = server.request("POST", &path, ROW).await;
         assert_eq!(
             (status, body["code"].as_str()),
@@ -90,7 +102,10 @@ async fn a_vanished_repository_is_503_not_404() {
     let (status, _) = server.request("POST", &predict_path("1"), ROW).await;
     assert_eq!(status, 200);
     let (status, body) = server.request("POST", "/models/other/1/predict", ROW).await;
-    assert_eq!((status, body["code"].as_str()), (404, Some("model_not_found")));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("model_not_found"))
+    );
 }
 
 /// A FIFO in place of a model file or `aliases.json` answers at once with an
@@ -100,7 +115,10 @@ async fn a_fifo_in_the_repository_never_hangs_a_request() {
     let root = repository(&[("mlp", "1", "mlp.onnx"), ("iris", "1", "iris_logreg.onnx")]);
     let mkfifo = |path: &std::path::Path| {
         let _ = std::fs::remove_file(path);
-        let status = std::process::Command::new("mkfifo").arg(path).status().unwrap();
+        let status = std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .unwrap();
         assert!(status.success());
     };
     mkfifo(&root.path().join("mlp/1/model.onnx"));
@@ -108,22 +126,47 @@ async fn a_fifo_in_the_repository_never_hangs_a_request() {
     let server = server_with(root.path(), |c| c.load_timeout = Duration::from_secs(30)).await;
     let answered = tokio::time::timeout(Duration::from_secs(10), async {
         let (status, body) = server.request("POST", &predict_path("1"), ROW).await;
-        assert_eq!((status, body["code"].as_str()), (500, Some("model_load_failed")), "{body}");
-        assert!(body["error"].as_str().unwrap().contains("not a regular file"), "{body}");
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (500, Some("model_load_failed")),
+            "{body}"
+        );
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("not a regular file"),
+            "{body}"
+        );
         let (status, body) = server
-            .request("POST", "/models/iris/stable/predict", r#"{"features": [5.1, 3.5, 1.4, 0.2]}"#)
+            .request(
+                "POST",
+                "/models/iris/stable/predict",
+                r#"{"features": [5.1, 3.5, 1.4, 0.2]}"#,
+            )
             .await;
         assert_eq!(status, 500, "{body}");
-        assert!(body["error"].as_str().unwrap().contains("aliases.json"), "{body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("aliases.json"),
+            "{body}"
+        );
         // The model's own versions still answer.
         let (status, _) = server
-            .request("POST", "/models/iris/1/predict", r#"{"features": [5.1, 3.5, 1.4, 0.2]}"#)
+            .request(
+                "POST",
+                "/models/iris/1/predict",
+                r#"{"features": [5.1, 3.5, 1.4, 0.2]}"#,
+            )
             .await;
         assert_eq!(status, 200);
     })
     .await;
     assert!(answered.is_ok(), "a request hung on a FIFO");
-    assert_eq!(server.service.cache_status().entries.len(), 1, "only iris/1 is cached");
+    assert_eq!(
+        server.service.cache_status().entries.len(),
+        1,
+        "only iris/1 is cached"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,14 +177,20 @@ async fn a_reload_after_eviction_uses_the_staged_copy() {
     assert_eq!(status, 200);
     assert!(server.service.wait_for_staging(Duration::from_secs(10)));
     let stats = server.service.staging_stats();
-    assert_eq!((stats.hashes, stats.writes, stats.files), (1, 1, 1), "{stats:?}");
+    assert_eq!(
+        (stats.hashes, stats.writes, stats.files),
+        (1, 1, 1),
+        "{stats:?}"
+    );
     assert_eq!(server.service.evict(&["mlp/1".into()]), ["mlp/1"]);
-    // The repository's file changes: a reload must not read it (it reuses the
-    // copy this process verified), so it still answers the same.
-    std::fs::remove_file(root.path().join("mlp/1/model.ort")).unwrap();
+    // The repository's file is overwritten with garbage: a reload does not
+    // read it (it maps the copy this process verified against the same
+    // manifest), so it still answers the same.
+    let file = root.path().join("mlp/1/model.ort");
+    let size = std::fs::metadata(&file).unwrap().len() as usize;
+    std::fs::write(&file, vec![0u8; size]).unwrap();
     let (status, again) = server.request("POST", &predict_path("1"), ROW).await;
     assert_eq!((status, &again["outputs"]), (200, &first["outputs"]));
     let stats = server.service.staging_stats();
     assert_eq!((stats.hashes, stats.reuses), (1, 1), "{stats:?}");
-    let _ = json!(null);
 }
