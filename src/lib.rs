@@ -2,17 +2,20 @@
 //! container, from a shared model repository (on EFS, or any directory).
 //!
 //! A request names a model and a version. The router resolves the version,
-//! copies the model file into a local staging directory while hashing it,
-//! refuses it unless the sha256 matches its manifest, memory-maps the verified
-//! copy into an ONNX Runtime session, keeps sessions in a cache bounded by
-//! bytes, and answers.
+//! reads the model file into memory with several reads in flight while hashing
+//! it, refuses it unless the sha256 matches its manifest, makes an ONNX Runtime
+//! session from the verified bytes (zero-copy for `.ort`), keeps sessions in a
+//! cache bounded by bytes, and answers. A verified local copy is written in the
+//! background, so a reload after an eviction maps it instead of reading the
+//! repository again.
 //!
 //! # Layout
 //!
 //! - [`config`]: the one configuration, from flags and environment.
 //! - [`error`]: the crate's error, and its one mapping to code and HTTP status.
-//! - [`repository`]: validated names, manifests, `latest` and aliases,
-//!   publish and verify, and the staging tier of verified local copies.
+//! - [`repository`]: validated names, manifests, `latest` and aliases
+//!   (remembered for a few seconds), publish and verify, the fetch of a model
+//!   file into verified memory, and the staging tier of verified local copies.
 //! - [`cache`]: the byte-bounded LRU with single-flight loads and leases.
 //! - [`engine`]: ONNX Runtime (the only module that uses `ort`): sessions,
 //!   tensors, input checks.
