@@ -119,7 +119,14 @@ impl ModelService {
         let engine = Arc::new(OnceLock::new());
         let starting = engine.clone();
         let start = move || {
-            let _ = starting.set(Engine::init(&engine_config));
+            let started = Instant::now();
+            let engine = Engine::init(&engine_config);
+            let ms = started.elapsed().as_secs_f64() * 1e3;
+            match &engine {
+                Ok(_) => tracing::info!(ms, "onnxruntime started"),
+                Err(e) => tracing::error!(ms, error = %e, "onnxruntime failed to start"),
+            }
+            let _ = starting.set(engine);
         };
         if let Err(e) = std::thread::Builder::new()
             .name("onnxruntime-start".into())

@@ -271,6 +271,46 @@ mod tests {
     }
 
     #[test]
+    fn verify_never_blocks_on_a_fifo_and_never_reads_past_the_manifest() {
+        let root = tempfile::tempdir().unwrap();
+        let src_dir = tempfile::tempdir().unwrap();
+        let src = src_dir.path().join("w.onnx");
+        fs::write(&src, b"abc").unwrap();
+        let repo = Repository::open(root.path()).unwrap();
+        for version in ["1", "2"] {
+            repo.publish(&request(&src, version)).unwrap();
+        }
+        let fifo = root.path().join("m/1/model.onnx");
+        fs::remove_file(&fifo).unwrap();
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        // A file longer than its manifest says (one that never ends, like
+        // /dev/zero, is cut off the same way: one byte past the size).
+        fs::write(root.path().join("m/2/model.onnx"), b"abcabc").unwrap();
+        let reports = verify(&repo, None).unwrap();
+        assert!(reports.iter().all(|r| !r.ok), "{reports:?}");
+        assert!(
+            reports[0]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("not a regular file")
+        );
+        assert!(
+            reports[1]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("6 bytes, the manifest says 3")
+        );
+    }
+
+    #[test]
     fn refuses_other_extensions_and_bad_names() {
         let root = tempfile::tempdir().unwrap();
         let repo = Repository::open(root.path()).unwrap();
