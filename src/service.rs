@@ -244,14 +244,15 @@ impl ModelService {
         let Ok(model_name) = ModelName::new(name) else {
             return Err(forbidden());
         };
-        let repository = self.inner.repository.clone();
+        let what = format!("reading the owner of model {model_name}");
         let version = version.to_string();
-        let owner = blocking(move || {
-            repository
-                .resolve(&model_name, &version)
-                .map(|m| m.manifest.team)
-        })
-        .await?;
+        let owner = self
+            .repository_call(what, move |repository| {
+                Ok(repository
+                    .resolve(&model_name, &version)
+                    .map(|m| m.manifest.team))
+            })
+            .await?;
         match owner {
             Ok(Some(owner)) if teams.contains(&owner) => Ok(()),
             _ => Err(forbidden()),
@@ -320,12 +321,25 @@ impl ModelService {
             return Ok(self.count_hit(lease));
         }
         let what = format!("reading model {name} version {version}");
-        let repository = self.inner.repository.clone();
         let version = version.to_string();
         let resolved = self
-            .within_deadline(what, blocking(move || repository.resolve(&name, &version)))
-            .await??;
+            .repository_call(what, move |repository| repository.resolve(&name, &version))
+            .await?;
         self.load(resolved).await
+    }
+
+    /// Blocking repository work (`list`, `versions`, `resolve`) off the async
+    /// threads, under the same deadline as a load: a stalled network
+    /// filesystem answers 503 `load_timeout` instead of hanging the request.
+    pub async fn repository_call<T: Send + 'static>(
+        &self,
+        what: String,
+        work: impl FnOnce(&Repository) -> Result<T, RepositoryError> + Send + 'static,
+    ) -> Result<T, Error> {
+        let repository = self.inner.repository.clone();
+        Ok(self
+            .within_deadline(what, blocking(move || work(&repository)))
+            .await??)
     }
 
     /// `work`, or a 503 `load_timeout` once MODEL_LOAD_TIMEOUT_SECONDS pass (0:
@@ -358,12 +372,11 @@ impl ModelService {
         if let Some(lease) = self.inner.cache.get(key) {
             return Ok(self.count_hit(lease));
         }
-        let repository = self.inner.repository.clone();
         let what = format!("reading model {key}");
         let key = key.clone();
         let resolved = self
-            .within_deadline(what, blocking(move || repository.read(&key)))
-            .await??;
+            .repository_call(what, move |repository| repository.read(&key))
+            .await?;
         self.load(resolved).await
     }
 

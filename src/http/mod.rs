@@ -216,23 +216,22 @@ async fn list_models(
     service: &ModelService,
     caller: &crate::identity::Caller,
 ) -> Result<(StatusCode, Value), Error> {
-    let repository = service.repository().clone();
-    let listing = tokio::task::spawn_blocking(move || {
-        repository.list().map(|models| {
-            models
-                .into_iter()
-                .map(|(name, versions)| {
-                    let aliases = crate::repository::ModelName::new(&name)
-                        .ok()
-                        .and_then(|n| repository.aliases(&n).ok())
-                        .unwrap_or_default();
-                    (name, versions, aliases)
-                })
-                .collect::<Vec<_>>()
+    let listing = service
+        .repository_call("listing the repository".into(), |repository| {
+            repository.list().map(|models| {
+                models
+                    .into_iter()
+                    .map(|(name, versions)| {
+                        let aliases = crate::repository::ModelName::new(&name)
+                            .ok()
+                            .and_then(|n| repository.aliases(&n).ok())
+                            .unwrap_or_default();
+                        (name, versions, aliases)
+                    })
+                    .collect::<Vec<_>>()
+            })
         })
-    })
-    .await
-    .map_err(|e| Error::Engine(crate::engine::EngineError::Inference(e.to_string())))??;
+        .await?;
     let mut visible = Vec::with_capacity(listing.len());
     for (name, versions, aliases) in listing {
         let mut allowed = Vec::with_capacity(versions.len());
