@@ -33,6 +33,8 @@ pub enum Command {
         /// strips) these headers itself; off by default.
         #[arg(long, env = "TRUST_IDENTITY_HEADERS")]
         trust_identity_headers: bool,
+        #[command(flatten)]
+        clients: ClientLimits,
     },
     /// Send one Lambda event (any event source, or an admin event) through the
     /// handler and print the Lambda-shaped response.
@@ -79,6 +81,45 @@ pub enum Command {
         #[command(flatten)]
         publisher: PublishS3Args,
     },
+}
+
+/// How `serve` bounds slow and idle clients (README, "Slow and idle clients").
+#[derive(Debug, Clone, Args)]
+pub struct ClientLimits {
+    /// Seconds a request's headers may take to arrive, from their first byte
+    /// (a new connection: from when it opens); then the connection is closed.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECONDS", default_value_t = 10.0)]
+    pub header_read_timeout_seconds: f64,
+    /// Seconds a request's body may take to arrive after its headers; then
+    /// 408 `request_timeout`, and the connection is closed.
+    #[arg(long, env = "BODY_READ_TIMEOUT_SECONDS", default_value_t = 30.0)]
+    pub body_read_timeout_seconds: f64,
+    /// Seconds a keep-alive connection may stay open with no request in flight.
+    #[arg(long, env = "IDLE_TIMEOUT_SECONDS", default_value_t = 60.0)]
+    pub idle_timeout_seconds: f64,
+    /// Connections served at once. Default: half the open-file limit
+    /// (`ulimit -n`), at most 1024 and at least 16, so that model files,
+    /// staging and the listener always have descriptors left. At the limit a
+    /// new connection closes the longest-idle one, or waits for one to end.
+    #[arg(long, env = "MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+}
+
+impl ClientLimits {
+    /// The connection limit, resolved (see [`ClientLimits::max_connections`]).
+    pub fn max_connections(&self) -> usize {
+        self.max_connections.filter(|n| *n > 0).unwrap_or_else(|| {
+            let files = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+                .current
+                .unwrap_or(2048);
+            (files / 2).clamp(16, 1024) as usize
+        })
+    }
+
+    /// A timeout flag as a duration (a negative or NaN value as zero).
+    pub fn duration(seconds: f64) -> std::time::Duration {
+        std::time::Duration::try_from_secs_f64(seconds).unwrap_or_default()
+    }
 }
 
 /// Flags of `publish-s3` (the publisher function of infra/template.yaml).

@@ -31,6 +31,10 @@ pub enum RequestError {
     Forbidden(String),
     #[error("{0}")]
     PolicyUnavailable(String),
+    #[error("the request body is not valid HTTP framing: {0}")]
+    MalformedBody(String),
+    #[error("the request body did not arrive within {seconds} seconds (BODY_READ_TIMEOUT_SECONDS)")]
+    BodyTimeout { seconds: f64 },
 }
 
 /// Every error a request can end in.
@@ -58,6 +62,8 @@ impl Error {
                 RequestError::PayloadTooLarge { .. } => "payload_too_large",
                 RequestError::Forbidden(_) => "forbidden",
                 RequestError::PolicyUnavailable(_) => "policy_unavailable",
+                RequestError::MalformedBody(_) => "invalid_body",
+                RequestError::BodyTimeout { .. } => "request_timeout",
             },
             Error::Repository(e) => match e {
                 RepositoryError::InvalidName { .. } => "invalid_name",
@@ -86,7 +92,10 @@ impl Error {
     /// The HTTP status for this error (DESIGN section 3).
     pub fn status(&self) -> StatusCode {
         match self.code() {
-            "invalid_json" | "invalid_input" | "invalid_name" => StatusCode::BAD_REQUEST,
+            "invalid_json" | "invalid_input" | "invalid_name" | "invalid_body" => {
+                StatusCode::BAD_REQUEST
+            }
+            "request_timeout" => StatusCode::REQUEST_TIMEOUT,
             "forbidden" => StatusCode::FORBIDDEN,
             "model_not_found" | "version_not_found" | "route_not_found" => StatusCode::NOT_FOUND,
             "method_not_allowed" => StatusCode::METHOD_NOT_ALLOWED,
@@ -140,6 +149,16 @@ mod tests {
                 400,
             ),
             (RequestError::Forbidden("x".into()).into(), "forbidden", 403),
+            (
+                RequestError::MalformedBody("x".into()).into(),
+                "invalid_body",
+                400,
+            ),
+            (
+                RequestError::BodyTimeout { seconds: 1.0 }.into(),
+                "request_timeout",
+                408,
+            ),
             (
                 RequestError::PolicyUnavailable("x".into()).into(),
                 "policy_unavailable",

@@ -30,6 +30,14 @@
 //!   writer on AWS: S3 uploads verified and published, with SigV4 and a minimal
 //!   S3 client of its own.
 
+/// jemalloc is the process's allocator, for Rust and (unprefixed) for ONNX
+/// Runtime's C++ allocations alike: one heap, whose per-thread counters
+/// [`engine::footprint`] charges model loads with, and which gives freed pages
+/// back to the system (README, "Memory"). In the library, so that tests and
+/// benchmarks measure the allocator the binary runs with.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 pub mod admin;
 pub mod cache;
 pub mod config;

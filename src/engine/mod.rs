@@ -36,7 +36,9 @@ use ort::ep;
 use ort::logging::LogLevel;
 use ort::session::{OutputSelector, RunOptions, Session};
 
-pub use footprint::anon_rss_bytes;
+pub use footprint::{
+    ProcessMemory, ThreadMeter, anon_rss_bytes, process_memory, release_free_memory,
+};
 pub use tensor::*;
 
 /// The file name ONNX Runtime's shared library goes by on Linux.
@@ -147,10 +149,6 @@ fn library_in(dir: &Path) -> Option<PathBuf> {
 /// because making it can fail, and two first calls must not both try.
 static ENGINE: Mutex<Option<Engine>> = Mutex::new(None);
 
-/// Session creation is serialised so that the anonymous-memory growth measured
-/// around one load belongs to that load (see [`LoadedModel::footprint_bytes`]).
-static LOAD_LOCK: Mutex<()> = Mutex::new(());
-
 /// The ONNX Runtime environment: one per process (ort allows one), with one
 /// global intra-op thread pool of `intra_threads` threads, shared by every
 /// session (sessions use DisablePerSessionThreads, which ort does automatically
@@ -255,7 +253,6 @@ impl Engine {
     fn prime(&self) -> Result<(), EngineError> {
         const PRIME_ONNX: &[u8] = include_bytes!("prime/prime.onnx");
         const PRIME_ORT: &[u8] = include_bytes!("prime/prime.ort");
-        let _serialised = LOAD_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
         for (bytes, format) in [
             (PRIME_ONNX, ModelFormat::Onnx),
             (PRIME_ORT, ModelFormat::Ort),
@@ -282,7 +279,8 @@ impl Engine {
     /// - [`ModelFormat::Onnx`]: ONNX Runtime parses the mapping and copies what
     ///   it keeps; the mapping is dropped before this returns.
     ///
-    /// Loads are serialised process-wide (see [`LoadedModel::footprint_bytes`]).
+    /// Loads on different threads run in parallel; each is measured on its own
+    /// thread (see [`LoadedModel::footprint_bytes`]).
     /// The file must be a private copy that nothing rewrites, truncates or
     /// removes while the model is loaded: the staging directory's verified copy,
     /// never a file on EFS/NFS (DESIGN.md section 7).
@@ -319,26 +317,27 @@ impl Engine {
             )));
         }
 
-        let (session, anon_before, anon_after) = {
-            let _serialised = LOAD_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
-            let anon_before = anon_rss_bytes();
-            let session = self.create_session(&mapping, format)?;
-            (session, anon_before, anon_rss_bytes())
-        };
-        let footprint = footprint::footprint_bytes(format, file_bytes, anon_before, anon_after);
+        // Everything the loading thread allocates and keeps from here to the
+        // end of the probe run is this model's (footprint.rs): the session,
+        // its signature, and what ONNX Runtime keeps after a first run.
+        let meter = ThreadMeter::start();
+        let session = self.create_session(&mapping, format)?;
         let signature = convert::signature(&session);
         let mapping = match format {
             ModelFormat::Ort => Some(mapping),
             // ONNX Runtime copied what it needs: give the address space back now.
             ModelFormat::Onnx => None,
         };
-        Ok(LoadedModel {
+        let mut model = LoadedModel {
             session: Mutex::new(session),
             signature,
             format,
-            footprint,
+            footprint: 0,
             _mapping: mapping,
-        })
+        };
+        model.probe();
+        model.footprint = footprint::footprint_bytes(format, file_bytes, meter.kept_bytes());
+        Ok(model)
     }
 
     fn create_session(
@@ -489,24 +488,63 @@ impl LoadedModel {
         &self.signature
     }
 
-    /// Bytes this model costs while loaded, measured once, at load:
+    /// Bytes this model costs while loaded, measured once, at load, by the
+    /// allocator (src/engine/footprint.rs):
     ///
-    /// - Loads are serialised by a process-wide lock, and the process's
-    ///   anonymous resident memory (`RssAnon` in `/proc/self/status`) is read
-    ///   just before and just after the session is created. Its growth is what
-    ///   ONNX Runtime allocated for the session: weights it copied, kernels,
-    ///   graph structures.
-    /// - `.ort`: the mapped file's size (the session reads it in place; its
-    ///   pages become resident as they are used) plus that growth.
-    /// - `.onnx`: that growth, but at least the file's size: ONNX Runtime holds
-    ///   a copy of the initializers, and a smaller growth only means the
-    ///   allocator reused memory that an earlier, freed model had returned to it.
-    /// - Where `/proc` cannot be read, the file's size alone (an estimate).
+    /// - the bytes the loading thread allocated and did not free while ONNX
+    ///   Runtime created the session and ran it once on probe inputs (see
+    ///   [`LoadedModel::probe`]): weights ONNX Runtime copied, kernels, graph
+    ///   structures, and what a session keeps after its first run. Counted per
+    ///   thread, so what other threads allocate or free meanwhile (other
+    ///   loads, requests on other models) is not in it;
+    /// - `.ort`: plus the mapped file's size (the session reads the model in
+    ///   place; its pages become resident as they are used).
     ///
-    /// Approximate by nature: anything another thread allocates or frees during
-    /// the load (a request running on another model) lands in the growth.
+    /// How close this is to the resident memory a model adds is measured by
+    /// `scripts/bench-churn.sh` (README, "Memory").
     pub fn footprint_bytes(&self) -> u64 {
         self.footprint
+    }
+
+    /// Runs the model once on probe inputs: zeros of each input's type, every
+    /// dynamic dimension 1. ONNX Runtime keeps some memory per session only
+    /// after its first run (memory patterns, kernel state: measured 0.76 MB on
+    /// a model whose load alone kept 0.86 MB); running at load puts that in
+    /// the footprint instead of leaving it uncharged. A model whose probe
+    /// cannot run (an input that is not a tensor, inputs whose zeros are
+    /// invalid, probe inputs over 4 MiB) is simply not probed.
+    fn probe(&self) {
+        const PROBE_LIMIT: usize = 4 << 20;
+        let mut inputs = Vec::with_capacity(self.signature.inputs.len());
+        let mut bytes = 0usize;
+        for info in &self.signature.inputs {
+            let ValueKind::Tensor {
+                element_type,
+                shape,
+            } = &info.kind
+            else {
+                return;
+            };
+            let dims: Vec<usize> = shape
+                .iter()
+                .map(|dim| match dim {
+                    Dim::Fixed(n) => *n,
+                    Dim::Dynamic(_) => 1,
+                })
+                .collect();
+            let count = dims.iter().product::<usize>();
+            bytes = bytes.saturating_add(count.saturating_mul(element_type.size_bytes()));
+            if bytes > PROBE_LIMIT {
+                return;
+            }
+            let Ok(tensor) = Tensor::new(dims, TensorData::zeros(*element_type, count)) else {
+                return;
+            };
+            inputs.push((info.name.clone(), tensor));
+        }
+        if let Err(error) = self.run(inputs, None) {
+            tracing::debug!(%error, "probe run failed; the footprint leaves out first-run memory");
+        }
     }
 
     /// How the model was loaded.
