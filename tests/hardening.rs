@@ -274,3 +274,43 @@ fn invoke_answers_400_to_a_body_marked_base64_that_is_not() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_file_that_blocks_never_holds_up_a_request() {
+    let root = repository(&[("mlp", "1", "mlp.onnx")]);
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"teams": {"all": {"principals": ["*"], "models": ["*"]}}}"#,
+    )
+    .unwrap();
+    let staging = tempfile::tempdir().unwrap();
+    let mut config = Config::for_repository(
+        root.path().to_path_buf(),
+        staging.path().to_path_buf(),
+        1 << 30,
+    );
+    config.access_policy = Some(policy.clone());
+    config.policy_reload_interval = Duration::from_millis(50);
+    let server = TestServer::with_config(config, staging).await;
+    // The policy becomes a FIFO no one writes: reading it would block forever.
+    std::fs::remove_file(&policy).unwrap();
+    let c = std::ffi::CString::new(policy.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `c` is a NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for path in ["/v2/health/ready", "/v2/health/live", "/models"] {
+        let answered = tokio::time::timeout(Duration::from_secs(5), server.get(path)).await;
+        let (status, body) = answered.unwrap_or_else(|_| panic!("{path} hung"));
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    let status = model_router::admin::status(&server.service);
+    assert_eq!(status["policy"]["loaded"], true, "{status}");
+    assert!(
+        status["policy"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not a regular file")),
+        "{status}"
+    );
+}
