@@ -109,6 +109,14 @@ fn child(spec: &str) {
         intra_threads: 1,
     })
     .expect("engine");
+    // With the run memory limit serve sets (src/engine/arena.rs), sessions use
+    // one shared arena: charges must hold that way too.
+    if let Some(limit) = env::var("MODEL_ROUTER_FOOTPRINT_RUN_LIMIT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        engine.limit_run_memory(limit).expect("run limit");
+    }
     let copies = tempfile::tempdir().expect("temp dir");
     let files: Vec<PathBuf> = (0..loads)
         .map(|i| {

@@ -85,6 +85,7 @@ impl Error {
                 EngineError::Load(_) => "model_load_failed",
                 EngineError::InvalidInput(_) => "invalid_input",
                 EngineError::Inference(_) => "inference_failed",
+                EngineError::OutOfMemory(_) => "insufficient_memory",
             },
         }
     }
@@ -101,9 +102,10 @@ impl Error {
             "method_not_allowed" => StatusCode::METHOD_NOT_ALLOWED,
             "version_exists" => StatusCode::CONFLICT,
             "payload_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
-            "repository_unavailable" | "cache_busy" | "policy_unavailable" => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            "repository_unavailable"
+            | "cache_busy"
+            | "policy_unavailable"
+            | "insufficient_memory" => StatusCode::SERVICE_UNAVAILABLE,
             "model_too_large" => StatusCode::INSUFFICIENT_STORAGE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -217,6 +219,11 @@ mod tests {
                 EngineError::InvalidInput("x".into()).into(),
                 "invalid_input",
                 400,
+            ),
+            (
+                EngineError::OutOfMemory("x".into()).into(),
+                "insufficient_memory",
+                503,
             ),
             (
                 RepositoryError::Unavailable {

@@ -16,6 +16,7 @@
 //!   memory back instead of keeping it pooled inside ONNX Runtime.
 //! - All sessions share one intra-op thread pool, created with the environment.
 
+mod arena;
 mod convert;
 mod footprint;
 pub mod tensor;
@@ -28,7 +29,7 @@ use std::fmt;
 use std::fs::{self, File};
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use memmap2::Mmap;
 use ort::environment::{Environment, GlobalThreadPoolOptions};
@@ -74,6 +75,13 @@ pub enum EngineError {
     /// ONNX Runtime failed while running.
     #[error("inference failed: {0}")]
     Inference(String),
+    /// The run needed more memory than the run memory limit leaves free
+    /// (ONNX Runtime's message, which says how much it asked for).
+    #[error(
+        "the model needs more memory for this request than is free for requests now; \
+         retry later or send a smaller batch ({0})"
+    )]
+    OutOfMemory(String),
 }
 
 /// Finds ONNX Runtime's shared library, in this order:
@@ -161,6 +169,8 @@ pub struct Engine {
     env: Environment,
     /// The configuration the environment was made with (the first caller's).
     config: Arc<EngineConfig>,
+    /// The run memory limit in force, once set (see [`Engine::limit_run_memory`]).
+    run_limit: Arc<OnceLock<u64>>,
 }
 
 impl fmt::Debug for Engine {
@@ -203,6 +213,28 @@ impl Engine {
         &self.config
     }
 
+    /// Caps the memory ONNX Runtime may allocate for running models at
+    /// `bytes`, for every run of every session loaded after this call, all
+    /// runs together (src/engine/arena.rs). A run that would pass it fails
+    /// with [`EngineError::OutOfMemory`]; the process is untouched.
+    ///
+    /// Once per process, like the environment: the first call sets the
+    /// limit, later calls return the limit in force whatever they pass.
+    pub fn limit_run_memory(&self, bytes: u64) -> Result<u64, EngineError> {
+        static SETTING: Mutex<()> = Mutex::new(());
+        let _once = SETTING.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(limit) = self.run_limit.get() {
+            return Ok(*limit);
+        }
+        arena::register(&self.env, usize::try_from(bytes).unwrap_or(usize::MAX))?;
+        Ok(*self.run_limit.get_or_init(|| bytes))
+    }
+
+    /// The run memory limit in force, if any.
+    pub fn run_memory_limit(&self) -> Option<u64> {
+        self.run_limit.get().copied()
+    }
+
     fn create(config: &EngineConfig) -> Result<Engine, EngineError> {
         let library_error = |reason: String| EngineError::Library {
             path: config.dylib_path.clone(),
@@ -240,6 +272,7 @@ impl Engine {
         let engine = Engine {
             env,
             config: Arc::new(config.clone()),
+            run_limit: Arc::default(),
         };
         engine.prime()?;
         Ok(engine)
@@ -333,6 +366,7 @@ impl Engine {
             signature,
             format,
             footprint: 0,
+            shrink_arena: self.run_limit.get().is_some(),
             _mapping: mapping,
         };
         model.probe();
@@ -351,6 +385,11 @@ impl Engine {
                 .build()
                 .error_on_failure();
             let mut builder = Session::builder(&self.env)?.with_execution_providers([cpu])?;
+            if self.run_limit.get().is_some() {
+                builder = builder
+                    .with_env_allocators()?
+                    .with_config_entry("session.use_device_allocator_for_initializers", "1")?;
+            }
             if format == ModelFormat::Ort {
                 builder = builder
                     .with_config_entry("session.use_ort_model_bytes_directly", "1")?
@@ -468,6 +507,9 @@ pub struct LoadedModel {
     signature: Signature,
     format: ModelFormat,
     footprint: u64,
+    /// Whether the session uses the environment's limited arena, which each
+    /// run asks to give back what it freed (src/engine/arena.rs).
+    shrink_arena: bool,
     /// The `.ort` file's bytes, which the session uses in place; `None` for `.onnx`.
     _mapping: Option<Mmap>,
 }
@@ -606,9 +648,16 @@ impl LoadedModel {
             .fold(OutputSelector::no_default(), |selector, name| {
                 selector.with(*name)
             });
-        let options = RunOptions::new()
-            .map_err(|e| EngineError::Inference(format!("cannot create run options: {e}")))?
+        let options_error =
+            |e: ort::Error| EngineError::Inference(format!("cannot create run options: {e}"));
+        let mut options = RunOptions::new()
+            .map_err(options_error)?
             .with_outputs(selector);
+        if self.shrink_arena {
+            options
+                .set("memory.enable_memory_arena_shrinkage", "cpu:0")
+                .map_err(options_error)?;
+        }
 
         let mut session = self.session.lock().unwrap_or_else(PoisonError::into_inner);
         let results = session
@@ -755,7 +804,10 @@ fn check_named_dims<'a>(
 /// ONNX Runtime's own input checks (e.g. two inputs whose shared dimension
 /// differs) fail with INVALID_ARGUMENT: the caller's fault, not the server's.
 fn run_error(error: ort::Error) -> EngineError {
-    if error.code() == ort::ErrorCode::InvalidArgument {
+    let message = error.to_string();
+    if arena::is_out_of_memory(&message) {
+        EngineError::OutOfMemory(message)
+    } else if error.code() == ort::ErrorCode::InvalidArgument {
         EngineError::InvalidInput(format!("ONNX Runtime rejected the inputs: {error}"))
     } else {
         EngineError::Inference(error.to_string())
