@@ -6,6 +6,7 @@ use serde_json::json;
 
 use crate::cache::CacheError;
 use crate::engine::EngineError;
+use crate::memory::MemoryError;
 use crate::repository::RepositoryError;
 
 /// Errors of the request layer: what the caller sent, before any model is involved.
@@ -48,6 +49,8 @@ pub enum Error {
     Cache(#[from] CacheError),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
 }
 
 impl Error {
@@ -87,6 +90,10 @@ impl Error {
                 EngineError::Inference(_) => "inference_failed",
                 EngineError::OutOfMemory(_) => "insufficient_memory",
             },
+            Error::Memory(e) => match e {
+                MemoryError::TooLarge { .. } => "memory_limit_exceeded",
+                MemoryError::Busy { .. } => "insufficient_memory",
+            },
         }
     }
 
@@ -101,7 +108,7 @@ impl Error {
             "model_not_found" | "version_not_found" | "route_not_found" => StatusCode::NOT_FOUND,
             "method_not_allowed" => StatusCode::METHOD_NOT_ALLOWED,
             "version_exists" => StatusCode::CONFLICT,
-            "payload_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large" | "memory_limit_exceeded" => StatusCode::PAYLOAD_TOO_LARGE,
             "repository_unavailable"
             | "cache_busy"
             | "policy_unavailable"
@@ -224,6 +231,25 @@ mod tests {
                 EngineError::OutOfMemory("x".into()).into(),
                 "insufficient_memory",
                 503,
+            ),
+            (
+                MemoryError::Busy {
+                    need: 2,
+                    available: 1,
+                }
+                .into(),
+                "insufficient_memory",
+                503,
+            ),
+            (
+                MemoryError::TooLarge {
+                    need: 2,
+                    available: 1,
+                    limit: 3,
+                }
+                .into(),
+                "memory_limit_exceeded",
+                413,
             ),
             (
                 RepositoryError::Unavailable {

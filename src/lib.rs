@@ -16,6 +16,8 @@
 //! - [`cache`]: the byte-bounded LRU with single-flight loads and leases.
 //! - [`engine`]: ONNX Runtime (the only module that uses `ort`): sessions,
 //!   tensors, input checks.
+//! - [`memory`]: the process's one memory bound, split into cache, baseline
+//!   and request headroom; request reservations.
 //! - [`service`]: the one code path from "model name and version" to outputs.
 //! - [`http`]: the routes (simple predict, Open Inference Protocol, listing,
 //!   health), independent of any front door.
@@ -46,6 +48,7 @@ pub mod error;
 pub mod http;
 pub mod identity;
 pub mod lambda;
+pub mod memory;
 pub mod metrics;
 pub mod policy;
 pub mod publisher;

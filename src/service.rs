@@ -14,6 +14,7 @@ use crate::engine::{
 };
 use crate::error::{Error, RequestError};
 use crate::identity::Caller;
+use crate::memory::{MemorySplit, RequestMemory, Reservation};
 use crate::policy::{Access, AccessControl, Policy, PolicyStatus};
 use crate::repository::{
     Manifest, ModelKey, ModelName, Repository, RepositoryError, ResolvedModel, Staging,
@@ -60,6 +61,9 @@ pub struct Prediction {
     pub outputs: Vec<(String, OutputValue)>,
     pub load: LoadInfo,
     pub inference_ms: f64,
+    /// The request memory its tensors and response are counted in; held
+    /// until the prediction (and the response made from it) is dropped.
+    pub memory: Reservation,
 }
 
 /// A model a warm (or preload) got into the cache.
@@ -98,6 +102,10 @@ struct Inner {
     access: AccessControl,
     /// The policy whose cache shares are applied, to notice a reload.
     shares_applied: std::sync::Mutex<Option<Arc<Policy>>>,
+    /// How the memory limit is split (src/memory.rs).
+    memory: MemorySplit,
+    /// The router's request buffers, reserved per request.
+    request_memory: RequestMemory,
 }
 
 impl ModelService {
@@ -110,6 +118,28 @@ impl ModelService {
             dylib_path,
             intra_threads: config.intra_threads,
         })?;
+        // What the process holds before any model: the baseline of the split.
+        crate::engine::release_free_memory();
+        let baseline = crate::engine::process_memory().rss_bytes;
+        let memory = MemorySplit::new(
+            config.memory_limit,
+            config.memory_limit_source,
+            config.cache_bytes,
+            baseline,
+        );
+        if memory.limit_bytes.is_some() {
+            // At least 16 MiB, so that a misconfigured split still runs small
+            // requests (the warning says why larger ones fail).
+            engine.limit_run_memory(memory.run_arena_bytes.max(16 << 20))?;
+            if memory.request_headroom_bytes < 64 << 20 {
+                tracing::warn!(
+                    ?memory,
+                    "the memory limit leaves under 64 MiB for requests: lower MODEL_CACHE_BYTES or raise MEMORY_LIMIT_BYTES"
+                );
+            }
+        }
+        tracing::info!(?memory, "memory split");
+        let request_memory = RequestMemory::new(&memory);
         let cache = ModelCache::new(config.cache_bytes);
         let access = AccessControl::new(
             config.access_policy.as_deref(),
@@ -125,6 +155,8 @@ impl ModelService {
                 preload_failures: Default::default(),
                 access,
                 shares_applied: Default::default(),
+                memory,
+                request_memory,
             }),
         };
         // Apply the shares of the policy read at start-up.
@@ -227,6 +259,26 @@ impl ModelService {
 
     pub fn staging_stats(&self) -> StagingStats {
         self.inner.staging.stats()
+    }
+
+    /// How the process's memory limit is split (README, "Memory").
+    pub fn memory_split(&self) -> MemorySplit {
+        self.inner.memory
+    }
+
+    /// Bytes of request buffers reserved now.
+    pub fn request_memory_reserved(&self) -> u64 {
+        self.inner.request_memory.reserved_bytes()
+    }
+
+    /// Reserves request memory for parsing a JSON body of `body_bytes`
+    /// (see [`crate::memory::json_parse_bytes`]).
+    pub async fn reserve_body(&self, body_bytes: usize) -> Result<Reservation, Error> {
+        Ok(self
+            .inner
+            .request_memory
+            .reserve(crate::memory::json_parse_bytes(body_bytes))
+            .await?)
     }
 
     /// The model `name` at `version` (a version, `latest` or an alias), loaded.
@@ -359,15 +411,37 @@ impl ModelService {
     ) -> Result<Prediction, Error> {
         let started = Instant::now();
         let key = lease.key().clone();
+        // Refused before it runs when its inputs and the outputs its
+        // signature tells cannot fit; topped up (or refused) once the run has
+        // told the real output sizes, before they are copied.
+        let input_bytes = crate::memory::input_bytes(&inputs);
+        let expected = crate::memory::expected_outputs(lease.value().loaded.signature(), &inputs);
+        let memory = self
+            .inner
+            .request_memory
+            .reserve(input_bytes + crate::memory::output_bytes(&expected))
+            .await?;
         // The lease is held until the run ends: the model stays alive (and
         // counted) even if it is evicted meanwhile.
-        let outputs =
-            run_inference(move || lease.value().loaded.run(inputs, outputs.as_deref())).await??;
+        let (outputs, memory) = run_inference(move || {
+            let outputs =
+                lease
+                    .value()
+                    .loaded
+                    .run_admitted(inputs, outputs.as_deref(), &|extents| {
+                        memory
+                            .grow(input_bytes + crate::memory::output_bytes(extents))
+                            .map_err(|e| e.to_string())
+                    });
+            (outputs, memory)
+        })
+        .await?;
         Ok(Prediction {
             key,
-            outputs,
+            outputs: outputs?,
             load,
             inference_ms: started.elapsed().as_secs_f64() * 1e3,
+            memory,
         })
     }
 
@@ -424,9 +498,10 @@ impl ModelService {
             .clone()
     }
 
-    /// Evicts models from memory. Returns the ones that were cached.
+    /// Evicts models from memory. Returns the ones that were cached. The
+    /// allocator gives the freed pages back to the system right away.
     pub fn evict(&self, models: &[String]) -> Vec<String> {
-        models
+        let evicted: Vec<String> = models
             .iter()
             .filter(|spec| {
                 ModelKey::parse(spec)
@@ -434,7 +509,9 @@ impl ModelService {
                     .unwrap_or(false)
             })
             .cloned()
-            .collect()
+            .collect();
+        crate::engine::release_free_memory();
+        evicted
     }
 
     /// Which concrete versions are in memory now.

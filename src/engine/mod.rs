@@ -635,6 +635,21 @@ impl LoadedModel {
         inputs: Vec<(String, Tensor)>,
         outputs: Option<&[String]>,
     ) -> Result<Vec<(String, OutputValue)>, EngineError> {
+        self.run_admitted(inputs, outputs, &|_| Ok(()))
+    }
+
+    /// [`LoadedModel::run`], asking `admit` before copying the outputs out of
+    /// ONNX Runtime: it gets each tensor output's element type and element
+    /// count (sequences and maps are not listed), and an `Err(reason)` stops
+    /// the request with [`EngineError::OutOfMemory`] before any copy is made.
+    /// This is the post-check for outputs whose size only the run could tell
+    /// (an `Expand` to a shape the request sent).
+    pub fn run_admitted(
+        &self,
+        inputs: Vec<(String, Tensor)>,
+        outputs: Option<&[String]>,
+        admit: &(dyn Fn(&[(ElementType, usize)]) -> Result<(), String> + Sync),
+    ) -> Result<Vec<(String, OutputValue)>, EngineError> {
         self.check_inputs(&inputs)?;
         let output_names = self.select_outputs(outputs)?;
 
@@ -663,6 +678,11 @@ impl LoadedModel {
         let results = session
             .run_with_options(ort_inputs, &options)
             .map_err(run_error)?;
+        let extents: Vec<(ElementType, usize)> = results
+            .iter()
+            .filter_map(|(_, value)| convert::tensor_extent(&value))
+            .collect();
+        admit(&extents).map_err(EngineError::OutOfMemory)?;
         // Converted while the session is locked: ort's outputs borrow it.
         results
             .into_iter()
