@@ -132,22 +132,8 @@ impl RequestMemory {
             memory: self.clone(),
             permits: Mutex::new(Vec::new()),
         };
-        let Some(pool) = &self.pool else {
-            return Ok(reservation);
-        };
-        let units = self.units(bytes)?;
-        let acquired =
-            tokio::time::timeout(self.wait, pool.clone().acquire_many_owned(units)).await;
-        match acquired {
-            Ok(Ok(permit)) => {
-                reservation.lock().push(permit);
-                Ok(reservation)
-            }
-            _ => Err(MemoryError::Busy {
-                need: bytes,
-                available: self.total,
-            }),
-        }
+        reservation.grow_waiting(bytes).await?;
+        Ok(reservation)
     }
 
     /// Bytes reserved by requests now.
@@ -184,6 +170,32 @@ impl Reservation {
             .iter()
             .map(|p| p.num_permits() as u64 * UNIT)
             .sum()
+    }
+
+    /// Grows the reservation to `bytes` in all, waiting like
+    /// [`RequestMemory::reserve`] for other requests to give memory back.
+    pub async fn grow_waiting(&self, bytes: u64) -> Result<(), MemoryError> {
+        let Some(pool) = &self.memory.pool else {
+            return Ok(());
+        };
+        let held = self.bytes();
+        if bytes <= held {
+            return Ok(());
+        }
+        self.memory.units(bytes)?;
+        let units = self.memory.units(bytes - held)?;
+        let acquired =
+            tokio::time::timeout(self.memory.wait, pool.clone().acquire_many_owned(units)).await;
+        match acquired {
+            Ok(Ok(permit)) => {
+                self.lock().push(permit);
+                Ok(())
+            }
+            _ => Err(MemoryError::Busy {
+                need: bytes,
+                available: self.memory.total,
+            }),
+        }
     }
 
     /// Grows the reservation to `bytes` in all, without waiting (it is called

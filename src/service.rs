@@ -402,12 +402,17 @@ impl ModelService {
     }
 
     /// Runs `name`/`version` on `inputs`, giving `outputs` (all when `None`).
+    ///
+    /// `held`: request memory the request already holds (for parsing its
+    /// body, [`ModelService::reserve_body`]); the prediction grows it to cover
+    /// the tensors and the response too, so one request never waits on itself.
     pub async fn predict(
         &self,
         lease: Lease<Model>,
         load: LoadInfo,
         inputs: Vec<(String, Tensor)>,
         outputs: Option<Vec<String>>,
+        held: Option<Reservation>,
     ) -> Result<Prediction, Error> {
         let started = Instant::now();
         let key = lease.key().clone();
@@ -416,29 +421,44 @@ impl ModelService {
         // told the real output sizes, before they are copied.
         let input_bytes = crate::memory::input_bytes(&inputs);
         let expected = crate::memory::expected_outputs(lease.value().loaded.signature(), &inputs);
-        let memory = self
-            .inner
-            .request_memory
-            .reserve(input_bytes + crate::memory::output_bytes(&expected))
-            .await?;
+        let held_bytes = held.as_ref().map_or(0, Reservation::bytes);
+        let need = held_bytes + input_bytes + crate::memory::output_bytes(&expected);
+        let memory = match held {
+            Some(held) => {
+                held.grow_waiting(need).await?;
+                held
+            }
+            None => self.inner.request_memory.reserve(need).await?,
+        };
         // The lease is held until the run ends: the model stays alive (and
         // counted) even if it is evicted meanwhile.
-        let (outputs, memory) = run_inference(move || {
-            let outputs =
-                lease
-                    .value()
-                    .loaded
-                    .run_admitted(inputs, outputs.as_deref(), &|extents| {
-                        memory
-                            .grow(input_bytes + crate::memory::output_bytes(extents))
-                            .map_err(|e| e.to_string())
-                    });
-            (outputs, memory)
+        let (outputs, memory, refused) = run_inference(move || {
+            // The post-check's own error, so that it keeps its code.
+            let refused = std::sync::Mutex::new(None);
+            let admit = |extents: &[(crate::engine::ElementType, usize)]| {
+                let grown =
+                    memory.grow(held_bytes + input_bytes + crate::memory::output_bytes(extents));
+                grown.map_err(|e| {
+                    let message = e.to_string();
+                    *refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    message
+                })
+            };
+            let outputs = lease
+                .value()
+                .loaded
+                .run_admitted(inputs, outputs.as_deref(), &admit);
+            let refused = refused.into_inner().unwrap_or_else(|p| p.into_inner());
+            (outputs, memory, refused)
         })
         .await?;
+        if let Some(refused) = refused {
+            return Err(refused.into());
+        }
+        let outputs = outputs?;
         Ok(Prediction {
             key,
-            outputs: outputs?,
+            outputs,
             load,
             inference_ms: started.elapsed().as_secs_f64() * 1e3,
             memory,

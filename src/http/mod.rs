@@ -21,8 +21,9 @@ use crate::service::{LoadInfo, ModelService};
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
-/// What one request did, for the one log line and the metrics.
-#[derive(Debug, Default, Clone)]
+/// What one request did, for the one log line and the metrics, and the
+/// request memory it holds.
+#[derive(Debug, Default)]
 pub struct RequestRecord {
     pub model: Option<String>,
     pub version: Option<String>,
@@ -30,6 +31,9 @@ pub struct RequestRecord {
     pub inference_ms: Option<f64>,
     /// The team the model's cache bytes count against, once it is loaded.
     pub team: Option<String>,
+    /// The request memory reserved for parsing its body, which a prediction
+    /// grows to cover its tensors and response (src/memory.rs).
+    pub memory: Option<crate::memory::Reservation>,
 }
 
 impl RequestRecord {
@@ -60,9 +64,14 @@ pub async fn handle(service: &ModelService, request: Request<Bytes>) -> Response
         .and_then(|v| v.to_str().ok()?.trim().parse::<usize>().ok())
         .map_or(request.body().len(), |n| n.min(request.body().len()));
     let result = match service.reserve_body(json_bytes).await {
-        Ok(_parsing) => route(service, &request, &mut record).await,
+        Ok(parsing) => {
+            record.memory = Some(parsing);
+            route(service, &request, &mut record).await
+        }
         Err(error) => Err(error),
     };
+    // The response is built: what the request held is given back.
+    record.memory = None;
     let (response, code) = match result {
         Ok(response) => (response, None),
         Err(error) => (error_response(&error), Some(error.code())),

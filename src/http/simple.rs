@@ -96,7 +96,9 @@ pub(super) async fn predict(
             .map(|(name, array)| input_tensor(signature, name, array.shape, &array.leaves, None))
             .collect::<Result<_, _>>()?,
     };
-    let prediction = service.predict(lease, load, inputs, None).await?;
+    let prediction = service
+        .predict(lease, load, inputs, None, record.memory.take())
+        .await?;
     record.inference_ms = Some(prediction.inference_ms);
     let response = PredictResponse {
         model: prediction.key.name().as_str(),

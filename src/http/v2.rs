@@ -274,7 +274,7 @@ async fn infer(
         })
         .collect::<Result<Vec<_>, Error>>()?;
     let prediction = service
-        .predict(lease, load, inputs, outputs.names())
+        .predict(lease, load, inputs, outputs.names(), record.memory.take())
         .await?;
     record.inference_ms = Some(prediction.inference_ms);
 
