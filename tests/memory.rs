@@ -342,3 +342,55 @@ async fn in_a_512_mib_cgroup_hostile_requests_never_bring_the_oom_killer() {
         cgroup.peak_bytes() / MIB
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn charges_do_not_depend_on_what_other_requests_do() {
+    let root = repository(&[("mlp", "1", "mlp.onnx"), ("sized", "1", "sized_0.onnx")]);
+    let server = limited_server(root.path()).await;
+    let warm = |service: model_router::ModelService| async move {
+        let (warmed, failed) = service.warm(&["sized/1".to_string()]).await;
+        assert!(failed.is_empty(), "{failed:?}");
+        service.evict(&["sized/1".to_string()]);
+        warmed[0].bytes
+    };
+    // Twice quietly: the first load on a thread also pays that thread's
+    // one-time ONNX Runtime allocations (thread-local buffers).
+    warm(server.service.clone()).await;
+    let quiet = warm(server.service.clone()).await;
+    // Four clients running batches without pause while the model loads again
+    // and again: the charge is the same each time, and it always fits.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (addr, stop, served) = (server.addr, stop.clone(), served.clone());
+        clients.push(tokio::spawn(async move {
+            let body = json!({"features": vec![[0.5f32, -1.25, 2.0, 0.75]; 2000]}).to_string();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (status, _) =
+                    common::request_raw(addr, "POST", "/models/mlp/1/predict", body.as_bytes())
+                        .await;
+                assert_eq!(status, 200);
+                served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }));
+    }
+    // Loads start once requests are flowing.
+    while served.load(std::sync::atomic::Ordering::Relaxed) < 4 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let before = served.load(std::sync::atomic::Ordering::Relaxed);
+    for _ in 0..20 {
+        let busy = warm(server.service.clone()).await;
+        let drift = busy.abs_diff(quiet) as f64 / quiet as f64;
+        eprintln!("charged {busy} under load, {quiet} quiet");
+        assert!(drift < 0.05, "charged {busy} under load, {quiet} quiet");
+    }
+    let during = served.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert!(during > 0, "no request ran while the model loaded");
+    eprintln!("{during} requests ran during the 20 loads");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+}

@@ -41,7 +41,9 @@ pub(super) fn register(env: &Environment, max_bytes: usize) -> Result<(), Engine
         c"arena_extend_strategy",
         c"initial_chunk_size_bytes",
     ];
-    let values: [usize; 3] = [max_bytes, 1, 1 << 20];
+    // A small first chunk: a region is then about what a run asked for, so
+    // a load's probe run (src/engine/mod.rs) keeps little of it.
+    let values: [usize; 3] = [max_bytes, 1, 4096];
     let key_pointers = keys.map(|k| k.as_ptr());
     let mut config: *mut ort::sys::OrtArenaCfg = std::ptr::null_mut();
     // SAFETY: `key_pointers` and `values` hold `keys.len()` valid entries (the

@@ -584,7 +584,7 @@ impl LoadedModel {
             };
             inputs.push((info.name.clone(), tensor));
         }
-        if let Err(error) = self.run(inputs, None) {
+        if let Err(error) = self.run_inner(inputs, None, &|_| Ok(()), false) {
             tracing::debug!(%error, "probe run failed; the footprint leaves out first-run memory");
         }
     }
@@ -650,6 +650,20 @@ impl LoadedModel {
         outputs: Option<&[String]>,
         admit: &(dyn Fn(&[(ElementType, usize)]) -> Result<(), String> + Sync),
     ) -> Result<Vec<(String, OutputValue)>, EngineError> {
+        self.run_inner(inputs, outputs, admit, self.shrink_arena)
+    }
+
+    /// The run itself; `shrink`: ask the shared arena to give back its free
+    /// regions after the run. The probe run at load does not: a shrink frees
+    /// regions other threads' runs allocated, on this thread, which would
+    /// take them out of the load's per-thread count.
+    fn run_inner(
+        &self,
+        inputs: Vec<(String, Tensor)>,
+        outputs: Option<&[String]>,
+        admit: &(dyn Fn(&[(ElementType, usize)]) -> Result<(), String> + Sync),
+        shrink: bool,
+    ) -> Result<Vec<(String, OutputValue)>, EngineError> {
         self.check_inputs(&inputs)?;
         let output_names = self.select_outputs(outputs)?;
 
@@ -668,7 +682,7 @@ impl LoadedModel {
         let mut options = RunOptions::new()
             .map_err(options_error)?
             .with_outputs(selector);
-        if self.shrink_arena {
+        if shrink {
             options
                 .set("memory.enable_memory_arena_shrinkage", "cpu:0")
                 .map_err(options_error)?;
