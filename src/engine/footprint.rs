@@ -11,7 +11,7 @@
 //! measure, took in every other thread's activity and missed memory the
 //! allocator reused.
 
-use tikv_jemalloc_ctl::{epoch, raw, stats, thread};
+use tikv_jemalloc_ctl::{epoch, stats, thread};
 
 use super::ModelFormat;
 
@@ -109,9 +109,18 @@ pub fn process_memory() -> ProcessMemory {
 pub fn release_free_memory() {
     // "arena.<MALLCTL_ARENAS_ALL>.purge": every arena. 4096 is jemalloc's
     // MALLCTL_ARENAS_ALL.
-    // SAFETY: `arena.N.purge` is a void control: it takes no value and writes
-    // none, so no pointer is read or written through.
-    let _ = unsafe { raw::write(b"arena.4096.purge\0", ()) };
+    // SAFETY: `arena.N.purge` is a void control: all four pointers are null
+    // and the length 0, as jemalloc requires of one (it reads and writes
+    // nothing); the name is a NUL-terminated static.
+    let _ = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            c"arena.4096.purge".as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
 }
 
 /// The process's anonymous resident memory (`RssAnon` in `/proc/self/status`),
