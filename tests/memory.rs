@@ -219,20 +219,15 @@ impl MemoryCgroup {
 
     /// Whether the kernel's OOM killer acted in this cgroup.
     fn oom_kills(&self) -> u64 {
-        for (file, key) in [
-            ("memory.events", "oom_kill"),
-            ("memory.oom_control", "oom_kill"),
-        ] {
-            if let Ok(text) = std::fs::read_to_string(self.dir.join(file)) {
-                if let Some(n) = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
-                {
-                    return n;
-                }
-            }
-        }
-        0
+        // v2 memory.events and v1 memory.oom_control both have an oom_kill line.
+        ["memory.events", "memory.oom_control"]
+            .iter()
+            .filter_map(|file| std::fs::read_to_string(self.dir.join(file)).ok())
+            .find_map(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+            })
+            .unwrap_or(0)
     }
 }
 

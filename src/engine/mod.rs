@@ -42,6 +42,10 @@ pub use footprint::{
 };
 pub use tensor::*;
 
+/// The post-check [`LoadedModel::run_admitted`] asks before copying outputs:
+/// each tensor output's element type and count; `Err(reason)` refuses.
+pub type Admit<'a> = dyn Fn(&[(ElementType, usize)]) -> Result<(), String> + Sync + 'a;
+
 /// The file name ONNX Runtime's shared library goes by on Linux.
 const LIBRARY_NAME: &str = "libonnxruntime.so";
 
@@ -648,7 +652,7 @@ impl LoadedModel {
         &self,
         inputs: Vec<(String, Tensor)>,
         outputs: Option<&[String]>,
-        admit: &(dyn Fn(&[(ElementType, usize)]) -> Result<(), String> + Sync),
+        admit: &Admit<'_>,
     ) -> Result<Vec<(String, OutputValue)>, EngineError> {
         self.run_inner(inputs, outputs, admit, self.shrink_arena)
     }
@@ -661,7 +665,7 @@ impl LoadedModel {
         &self,
         inputs: Vec<(String, Tensor)>,
         outputs: Option<&[String]>,
-        admit: &(dyn Fn(&[(ElementType, usize)]) -> Result<(), String> + Sync),
+        admit: &Admit<'_>,
         shrink: bool,
     ) -> Result<Vec<(String, OutputValue)>, EngineError> {
         self.check_inputs(&inputs)?;
