@@ -86,8 +86,9 @@ pub enum Command {
 /// How `serve` bounds slow and idle clients (README, "Slow and idle clients").
 #[derive(Debug, Clone, Args)]
 pub struct ClientLimits {
-    /// Seconds a request's headers may take to arrive, from their first byte
-    /// (a new connection: from when it opens); then the connection is closed.
+    /// Seconds a request's headers may take to arrive, from their first byte;
+    /// then the connection is closed (one that sends nothing is closed by the
+    /// idle timeout).
     #[arg(long, env = "HEADER_READ_TIMEOUT_SECONDS", default_value_t = 10.0)]
     pub header_read_timeout_seconds: f64,
     /// Seconds a request's body may take to arrive after its headers; then

@@ -35,9 +35,9 @@ struct ServerState {
 pub struct ServeOptions {
     /// Take the caller's identity from the `x-caller-*` headers (see [`crate::identity`]).
     pub trust_identity_headers: bool,
-    /// A request's headers must arrive whole within this time of its first
-    /// byte (of the connection's first byte, for a new connection), or the
-    /// connection is closed.
+    /// A request's headers must arrive whole within this time of their first
+    /// byte, or the connection is closed (a connection that sends nothing is
+    /// the idle timeout's).
     pub header_read_timeout: Duration,
     /// A request's body must arrive whole within this time of its headers,
     /// or it is answered 408 `request_timeout` and the connection closed.
@@ -74,12 +74,16 @@ pub async fn serve(
     serve_with(listener, service, ServeOptions::default(), shutdown).await
 }
 
-/// One connection, as the accept loop sees it.
+/// One connection, as the accept loop sees it. Times are ms since the server
+/// started, plus one (0 means "not set").
 struct Connection {
     /// Requests being answered on it now.
     in_flight: AtomicUsize,
-    /// When its last request ended (or it opened), in ms since the server started.
+    /// When its last request ended (or it opened).
     idle_since_ms: AtomicU64,
+    /// When the first byte of a request not yet handed to the router came
+    /// (0: none pending); the header read timeout counts from here.
+    headers_since_ms: AtomicU64,
     /// Asks its task to close it once the request in flight (if any) is answered.
     close: Notify,
 }
@@ -142,10 +146,11 @@ pub async fn serve_with(
     let permits = Arc::new(Semaphore::new(max_connections));
     let connections = Arc::new(Connections::default());
     let started = Instant::now();
+    // hyper's own header timeout starts as soon as a connection waits for a
+    // request, which would close idle keep-alive connections after it; ours
+    // counts from a request's first byte (see `Watched`).
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout);
+    builder.timer(TokioTimer::new()).header_read_timeout(None);
     let mut next_id = 0u64;
     tokio::pin!(shutdown);
     loop {
@@ -177,10 +182,10 @@ pub async fn serve_with(
         };
         next_id += 1;
         let id = next_id;
-        let now_ms = || started.elapsed().as_millis() as u64;
         let connection = Arc::new(Connection {
             in_flight: AtomicUsize::new(0),
-            idle_since_ms: AtomicU64::new(now_ms()),
+            idle_since_ms: AtomicU64::new(ms_since(started)),
+            headers_since_ms: AtomicU64::new(0),
             close: Notify::new(),
         });
         connections.lock().insert(id, connection.clone());
@@ -188,6 +193,7 @@ pub async fn serve_with(
         let builder = builder.clone();
         let connections = connections.clone();
         let idle_timeout = options.idle_timeout;
+        let header_timeout = options.header_read_timeout;
         tokio::spawn(async move {
             let tracked = connection.clone();
             let service =
@@ -195,18 +201,26 @@ pub async fn serve_with(
                     let state = state.clone();
                     let tracked = tracked.clone();
                     tracked.in_flight.fetch_add(1, Ordering::AcqRel);
+                    // Its headers are in: no longer under the header timeout.
+                    tracked.headers_since_ms.store(0, Ordering::Release);
                     async move {
                         let response = front_door(state, request.map(Body::new)).await;
                         tracked
                             .idle_since_ms
-                            .store(started.elapsed().as_millis() as u64, Ordering::Release);
+                            .store(ms_since(started), Ordering::Release);
                         tracked.in_flight.fetch_sub(1, Ordering::AcqRel);
                         Ok::<_, std::convert::Infallible>(response)
                     }
                 });
-            let served = builder.serve_connection(TokioIo::new(stream), service);
+            let watched = Watched {
+                inner: stream,
+                connection: connection.clone(),
+                started,
+            };
+            let served = builder.serve_connection(TokioIo::new(watched), service);
             tokio::pin!(served);
-            let tick = (idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+            let tick = (idle_timeout.min(header_timeout) / 4)
+                .clamp(Duration::from_millis(10), Duration::from_secs(1));
             let mut closing = false;
             loop {
                 tokio::select! {
@@ -220,12 +234,18 @@ pub async fn serve_with(
                         closing = true;
                         served.as_mut().graceful_shutdown();
                     }
-                    () = tokio::time::sleep(tick), if !closing => {
+                    () = tokio::time::sleep(tick) => {
+                        let now = ms_since(started);
+                        let headers_since = connection.headers_since_ms.load(Ordering::Acquire);
+                        if headers_since != 0 && now >= headers_since + header_timeout.as_millis() as u64 {
+                            // Half-sent headers: no answer is owed; drop the connection.
+                            tracing::debug!("request headers did not arrive in time; closing the connection");
+                            break;
+                        }
                         let idle = connection.in_flight.load(Ordering::Acquire) == 0
-                            && started.elapsed().as_millis() as u64
-                                >= connection.idle_since_ms.load(Ordering::Acquire)
-                                    + idle_timeout.as_millis() as u64;
-                        if idle {
+                            && now >= connection.idle_since_ms.load(Ordering::Acquire)
+                                + idle_timeout.as_millis() as u64;
+                        if idle && !closing {
                             closing = true;
                             served.as_mut().graceful_shutdown();
                         }
@@ -241,6 +261,64 @@ pub async fn serve_with(
     connections.close_all();
     let _ = permits.acquire_many(max_connections as u32).await;
     Ok(())
+}
+
+/// Milliseconds since `started`, plus one, so that 0 can mean "not set".
+fn ms_since(started: Instant) -> u64 {
+    started.elapsed().as_millis() as u64 + 1
+}
+
+/// A connection's socket, noting when a request's first byte arrives while
+/// no request is in flight: the start of its header read timeout.
+struct Watched {
+    inner: tokio::net::TcpStream,
+    connection: Arc<Connection>,
+    started: Instant,
+}
+
+impl tokio::io::AsyncRead for Watched {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let connection = &self.connection;
+        if buf.filled().len() > before && connection.in_flight.load(Ordering::Acquire) == 0 {
+            let _ = connection.headers_since_ms.compare_exchange(
+                0,
+                ms_since(self.started),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Watched {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 async fn front_door(state: ServerState, request: http::Request<Body>) -> Response {

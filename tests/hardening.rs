@@ -146,6 +146,29 @@ async fn half_sent_headers_and_bodies_are_cut_off() {
         "closed after {waited:?}"
     );
 
+    // Headers trickled a byte every 50 ms (slowloris): cut off all the same,
+    // the timeout counting from their first byte.
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let started = Instant::now();
+    let mut closed = false;
+    for byte in b"POST /models/mlp/1/predict HTTP/1.1\r\nHost: x\r\nX-Slow: "
+        .iter()
+        .cycle()
+        .take(200)
+    {
+        if stream.write_all(&[*byte]).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(closed, "a trickling client was never cut off");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
     // A body that never ends: 408 request_timeout, then the connection closes.
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream
@@ -313,4 +336,31 @@ async fn a_policy_file_that_blocks_never_holds_up_a_request() {
             .is_some_and(|e| e.contains("not a regular file")),
         "{status}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_header_timeout_does_not_cut_an_idle_keep_alive_connection_short() {
+    let root = repository(&[("mlp", "1", "mlp.onnx")]);
+    let options = ServeOptions {
+        header_read_timeout: Duration::from_millis(300),
+        idle_timeout: Duration::from_secs(600),
+        ..Default::default()
+    };
+    let (addr, _staging, _stop) = serve(root.path(), options).await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    for _ in 0..2 {
+        stream
+            .write_all(predict_request("keep-alive").as_bytes())
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "the connection was closed");
+        assert_eq!(status_of(&buf[..n]), 200);
+        // Idle for longer than the header timeout, shorter than the idle one.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+    }
 }
