@@ -110,6 +110,8 @@ pub struct RequestMemory {
 pub struct Reservation {
     memory: RequestMemory,
     permits: Mutex<Vec<OwnedSemaphorePermit>>,
+    /// Why the post-check refused, kept so the error keeps its code.
+    refused: Mutex<Option<MemoryError>>,
 }
 
 impl RequestMemory {
@@ -131,6 +133,7 @@ impl RequestMemory {
         let reservation = Reservation {
             memory: self.clone(),
             permits: Mutex::new(Vec::new()),
+            refused: Mutex::new(None),
         };
         reservation.grow_waiting(bytes).await?;
         Ok(reservation)
@@ -196,6 +199,31 @@ impl Reservation {
                 available: self.memory.total,
             }),
         }
+    }
+
+    /// The post-check for `LoadedModel::run_admitted`: grows the reservation
+    /// to `base` plus what the run's real outputs take ([`output_bytes`]);
+    /// a refusal is kept for [`Reservation::take_refusal`].
+    pub fn post_check(
+        &self,
+        base: u64,
+    ) -> impl Fn(&[(ElementType, usize)]) -> Result<(), String> + Sync + '_ {
+        move |extents| {
+            self.grow(base.saturating_add(output_bytes(extents)))
+                .map_err(|e| {
+                    let message = e.to_string();
+                    *self.refused.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
+                    message
+                })
+        }
+    }
+
+    /// The post-check's refusal, if it refused.
+    pub fn take_refusal(&self) -> Option<MemoryError> {
+        self.refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     /// Grows the reservation to `bytes` in all, without waiting (it is called

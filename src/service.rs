@@ -432,27 +432,16 @@ impl ModelService {
         };
         // The lease is held until the run ends: the model stays alive (and
         // counted) even if it is evicted meanwhile.
-        let (outputs, memory, refused) = run_inference(move || {
-            // The post-check's own error, so that it keeps its code.
-            let refused = std::sync::Mutex::new(None);
-            let admit = |extents: &[(crate::engine::ElementType, usize)]| {
-                let grown =
-                    memory.grow(held_bytes + input_bytes + crate::memory::output_bytes(extents));
-                grown.map_err(|e| {
-                    let message = e.to_string();
-                    *refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                    message
-                })
-            };
-            let outputs = lease
-                .value()
-                .loaded
-                .run_admitted(inputs, outputs.as_deref(), &admit);
-            let refused = refused.into_inner().unwrap_or_else(|p| p.into_inner());
-            (outputs, memory, refused)
+        let (outputs, memory) = run_inference(move || {
+            let outputs = lease.value().loaded.run_admitted(
+                inputs,
+                outputs.as_deref(),
+                &memory.post_check(held_bytes + input_bytes),
+            );
+            (outputs, memory)
         })
         .await?;
-        if let Some(refused) = refused {
+        if let Some(refused) = memory.take_refusal() {
             return Err(refused.into());
         }
         let outputs = outputs?;
