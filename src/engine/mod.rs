@@ -12,8 +12,13 @@
 //!   as the session.
 //! - `.onnx` files are parsed from a mapping that is dropped once the session
 //!   exists (ONNX Runtime keeps its own copy of the weights).
-//! - The CPU memory arena is off for every session, so a freed session gives its
-//!   memory back instead of keeping it pooled inside ONNX Runtime.
+//! - Each session's own CPU memory arena is off, so a freed session gives its
+//!   memory back instead of keeping it pooled inside ONNX Runtime. Under a
+//!   run memory limit ([`Engine::limit_run_memory`]) sessions share one
+//!   environment arena with a hard `max_mem` instead, shrunk after every run
+//!   (src/engine/arena.rs).
+//! - What a load costs is counted by the allocator on the loading thread
+//!   (src/engine/footprint.rs).
 //! - All sessions share one intra-op thread pool, created with the environment.
 
 mod arena;
@@ -164,8 +169,10 @@ static ENGINE: Mutex<Option<Engine>> = Mutex::new(None);
 /// The ONNX Runtime environment: one per process (ort allows one), with one
 /// global intra-op thread pool of `intra_threads` threads, shared by every
 /// session (sessions use DisablePerSessionThreads, which ort does automatically
-/// when the env has a global pool), and the CPU memory arena off for every
-/// session (ep::CPU with_arena_allocator(false)) so freed sessions return memory.
+/// when the env has a global pool), and each session's own CPU memory arena
+/// off (ep::CPU with_arena_allocator(false)) so freed sessions return memory;
+/// under a run memory limit, one shared, bounded arena (see
+/// [`Engine::limit_run_memory`]).
 ///
 /// A cheap handle: clones share the one environment.
 #[derive(Clone)]
@@ -538,8 +545,8 @@ impl LoadedModel {
     /// allocator (src/engine/footprint.rs):
     ///
     /// - the bytes the loading thread allocated and did not free while ONNX
-    ///   Runtime created the session and ran it once on probe inputs (see
-    ///   [`LoadedModel::probe`]): weights ONNX Runtime copied, kernels, graph
+    ///   Runtime created the session and ran it once on probe inputs (zeros,
+    ///   every dynamic dimension 1): weights ONNX Runtime copied, kernels, graph
     ///   structures, and what a session keeps after its first run. Counted per
     ///   thread, so what other threads allocate or free meanwhile (other
     ///   loads, requests on other models) is not in it;
