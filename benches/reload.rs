@@ -132,7 +132,7 @@ async fn load_and_run(service: &ModelService, key: &ModelKey) -> (f64, LoadInfo,
     let tensor = Tensor::new(vec![1, width], TensorData::Fp32(vec![0.5; width])).expect("tensor");
     let name = input.name.clone();
     let prediction = service
-        .predict(lease, info, vec![(name, tensor)], None)
+        .predict(lease, info, vec![(name, tensor)], None, None)
         .await
         .expect("inference");
     let bits = match &prediction.outputs[0].1 {

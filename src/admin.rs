@@ -122,6 +122,16 @@ fn loaded_bytes(warmed: &[Warmed]) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// The `memory` object of `status`: how the limit is split (README,
+/// "Memory"), what requests hold now, and the process's memory as the
+/// allocator and the kernel see it.
+pub fn memory_status(service: &ModelService) -> Value {
+    let mut memory = serde_json::to_value(service.memory_split()).unwrap_or_default();
+    memory["request_buffers_reserved_bytes"] = service.request_memory_reserved().into();
+    memory["process"] = serde_json::to_value(crate::engine::process_memory()).unwrap_or_default();
+    memory
+}
+
 /// The `status` answer: cache entries (with their team), bytes, counters, bytes
 /// per team with each share, staging, failed preloads, and the access policy's
 /// state (including why the file on disk is not in force, when it is not).
@@ -140,5 +150,6 @@ pub fn status(service: &ModelService) -> Value {
         "staging": service.staging_stats(),
         "preload_failures": service.preload_failures(),
         "policy": service.policy_status(),
+        "memory": memory_status(service),
     })
 }

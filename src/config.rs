@@ -33,6 +33,8 @@ pub enum Command {
         /// strips) these headers itself; off by default.
         #[arg(long, env = "TRUST_IDENTITY_HEADERS")]
         trust_identity_headers: bool,
+        #[command(flatten)]
+        clients: ClientLimits,
     },
     /// Send one Lambda event (any event source, or an admin event) through the
     /// handler and print the Lambda-shaped response.
@@ -79,6 +81,46 @@ pub enum Command {
         #[command(flatten)]
         publisher: PublishS3Args,
     },
+}
+
+/// How `serve` bounds slow and idle clients (README, "Slow and idle clients").
+#[derive(Debug, Clone, Args)]
+pub struct ClientLimits {
+    /// Seconds a request's headers may take to arrive, from their first byte;
+    /// then the connection is closed (one that sends nothing is closed by the
+    /// idle timeout).
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECONDS", default_value_t = 10.0)]
+    pub header_read_timeout_seconds: f64,
+    /// Seconds a request's body may take to arrive after its headers; then
+    /// 408 `request_timeout`, and the connection is closed.
+    #[arg(long, env = "BODY_READ_TIMEOUT_SECONDS", default_value_t = 30.0)]
+    pub body_read_timeout_seconds: f64,
+    /// Seconds a keep-alive connection may stay open with no request in flight.
+    #[arg(long, env = "IDLE_TIMEOUT_SECONDS", default_value_t = 60.0)]
+    pub idle_timeout_seconds: f64,
+    /// Connections served at once. Default: half the open-file limit
+    /// (`ulimit -n`), at most 1024 and at least 16, so that model files,
+    /// staging and the listener always have descriptors left. At the limit a
+    /// new connection closes the longest-idle one, or waits for one to end.
+    #[arg(long, env = "MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+}
+
+impl ClientLimits {
+    /// The connection limit, resolved (see [`ClientLimits::max_connections`]).
+    pub fn max_connections(&self) -> usize {
+        self.max_connections.filter(|n| *n > 0).unwrap_or_else(|| {
+            let files = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+                .current
+                .unwrap_or(2048);
+            (files / 2).clamp(16, 1024) as usize
+        })
+    }
+
+    /// A timeout flag as a duration (a negative or NaN value as zero).
+    pub fn duration(seconds: f64) -> std::time::Duration {
+        std::time::Duration::try_from_secs_f64(seconds).unwrap_or_default()
+    }
 }
 
 /// Flags of `publish-s3` (the publisher function of infra/template.yaml).
@@ -128,8 +170,14 @@ pub struct RouterArgs {
     /// The model repository.
     #[arg(long = "repo", env = "MODEL_ROOT", default_value = "/mnt/models")]
     pub repo: PathBuf,
+    /// The memory the whole process may use (suffixes accepted), split into the
+    /// model cache, the process's baseline and the headroom requests need
+    /// (README, "Memory"). Default: AWS_LAMBDA_FUNCTION_MEMORY_SIZE on Lambda,
+    /// else the memory cgroup's limit, else the machine's memory (MemTotal).
+    #[arg(long, env = "MEMORY_LIMIT_BYTES", value_parser = parse_bytes)]
+    pub memory_limit: Option<u64>,
     /// Cache budget in bytes (suffixes K, M, G, Ki, Mi, Gi accepted). Default: 60% of
-    /// AWS_LAMBDA_FUNCTION_MEMORY_SIZE on Lambda, else 1 GiB.
+    /// AWS_LAMBDA_FUNCTION_MEMORY_SIZE on Lambda, else 60% of the memory limit, at most 1 GiB.
     #[arg(long, env = "MODEL_CACHE_BYTES", value_parser = parse_bytes)]
     pub cache_bytes: Option<u64>,
     /// Where verified local copies of model files are kept.
@@ -199,6 +247,11 @@ pub struct RouterArgs {
 pub struct Config {
     /// MODEL_ROOT: the repository of models.
     pub model_root: PathBuf,
+    /// MEMORY_LIMIT_BYTES: the whole process's memory bound, when known.
+    pub memory_limit: Option<u64>,
+    /// Where `memory_limit` came from: `flag` (MEMORY_LIMIT_BYTES), `lambda`,
+    /// `cgroup`, `machine`, or `none`.
+    pub memory_limit_source: &'static str,
     /// MODEL_CACHE_BYTES: the byte budget of loaded models.
     pub cache_bytes: u64,
     /// MODEL_STAGING_DIR: verified local copies, the only files ONNX Runtime maps.
@@ -259,6 +312,11 @@ pub struct Host {
     pub cpus: usize,
     /// Free bytes on the staging directory's filesystem.
     pub staging_free_bytes: u64,
+    /// The memory limit of this process's memory cgroup (v2 `memory.max` or
+    /// v1 `memory.limit_in_bytes`, the tightest of its ancestors), if any.
+    pub cgroup_memory_limit: Option<u64>,
+    /// The machine's memory (`MemTotal` in /proc/meminfo).
+    pub machine_memory: Option<u64>,
 }
 
 impl Host {
@@ -275,8 +333,52 @@ impl Host {
                 .map(|n| n.get())
                 .unwrap_or(1),
             staging_free_bytes: free_space(staging_dir),
+            cgroup_memory_limit: cgroup_memory_limit(),
+            machine_memory: std::fs::read_to_string("/proc/meminfo")
+                .ok()
+                .and_then(|info| {
+                    let line = info.lines().find_map(|l| l.strip_prefix("MemTotal:"))?;
+                    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+                    kib.checked_mul(1024)
+                }),
         }
     }
+}
+
+/// The tightest memory limit over this process's memory cgroup and its
+/// ancestors, cgroup v2 (`memory.max`) or v1 (`memory.limit_in_bytes`).
+pub fn cgroup_memory_limit() -> Option<u64> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let mut limits = Vec::new();
+    for line in cgroups.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let (root, file) = if controllers.is_empty() {
+            ("/sys/fs/cgroup", "memory.max")
+        } else if controllers.split(',').any(|c| c == "memory") {
+            ("/sys/fs/cgroup/memory", "memory.limit_in_bytes")
+        } else {
+            continue;
+        };
+        let mut dir = std::path::PathBuf::from(root).join(path.trim_start_matches('/'));
+        loop {
+            if let Ok(text) = std::fs::read_to_string(dir.join(file))
+                && let Ok(limit) = text.trim().parse::<u64>()
+                // v1 says "no limit" with a huge number (PAGE_COUNTER_MAX pages).
+                && limit < 1 << 60
+            {
+                limits.push(limit);
+            }
+            if dir == std::path::Path::new(root) || !dir.pop() {
+                break;
+            }
+        }
+    }
+    limits.into_iter().min()
 }
 
 impl Config {
@@ -289,11 +391,26 @@ impl Config {
     pub fn resolve_with(args: &RouterArgs, host: &Host) -> Config {
         let lambda_memory_mb = host.lambda_memory_mb;
         let on_lambda = host.on_lambda;
-        let cache_bytes = args.cache_bytes.unwrap_or_else(|| {
-            lambda_memory_mb
-                .map(|mb| mb * 1024 * 1024 * 6 / 10)
-                .unwrap_or(DEFAULT_CACHE_BYTES)
-        });
+        let lambda_memory = lambda_memory_mb.map(|mb| mb * 1024 * 1024);
+        let (memory_limit, memory_limit_source) = match (
+            args.memory_limit,
+            lambda_memory,
+            host.cgroup_memory_limit,
+            host.machine_memory,
+        ) {
+            (Some(limit), ..) => (Some(limit), "flag"),
+            (None, Some(limit), ..) => (Some(limit), "lambda"),
+            (None, None, Some(limit), _) => (Some(limit), "cgroup"),
+            (None, None, None, Some(limit)) => (Some(limit), "machine"),
+            (None, None, None, None) => (None, "none"),
+        };
+        let cache_bytes = args
+            .cache_bytes
+            .unwrap_or_else(|| match (lambda_memory, memory_limit) {
+                (Some(memory), _) => memory * 6 / 10,
+                (None, Some(limit)) => (limit * 6 / 10).min(DEFAULT_CACHE_BYTES),
+                (None, None) => DEFAULT_CACHE_BYTES,
+            });
         let staging_bytes = args
             .staging_bytes
             .unwrap_or(host.staging_free_bytes / 10 * 8);
@@ -307,6 +424,8 @@ impl Config {
             });
         Config {
             model_root: args.repo.clone(),
+            memory_limit,
+            memory_limit_source,
             cache_bytes,
             staging_dir: args.staging_dir.clone(),
             staging_bytes,
@@ -347,6 +466,8 @@ impl Config {
     pub fn for_repository(model_root: PathBuf, staging_dir: PathBuf, cache_bytes: u64) -> Config {
         Config {
             model_root,
+            memory_limit: None,
+            memory_limit_source: "none",
             cache_bytes,
             staging_dir,
             staging_bytes: 1 << 34,
@@ -456,7 +577,55 @@ mod tests {
             function_name: Some("router".into()),
             cpus,
             staging_free_bytes: 10_000_000_000,
+            ..Host::default()
         }
+    }
+
+    #[test]
+    fn the_memory_limit_comes_from_the_flag_lambda_the_cgroup_or_the_machine() {
+        let gib = 1u64 << 30;
+        let in_cgroup = Host {
+            cgroup_memory_limit: Some(512 << 20),
+            machine_memory: Some(24 * gib),
+            ..Host::default()
+        };
+        let config = Config::resolve_with(&args(&[]), &in_cgroup);
+        assert_eq!(
+            (config.memory_limit, config.memory_limit_source),
+            (Some(512 << 20), "cgroup")
+        );
+        // 60% of the limit when that is under 1 GiB.
+        assert_eq!(config.cache_bytes, (512 << 20) * 6 / 10);
+        let machine = Host {
+            machine_memory: Some(24 * gib),
+            ..Host::default()
+        };
+        let config = Config::resolve_with(&args(&[]), &machine);
+        assert_eq!(
+            (config.memory_limit, config.memory_limit_source),
+            (Some(24 * gib), "machine")
+        );
+        assert_eq!(config.cache_bytes, gib);
+        // Lambda's memory size wins over a cgroup; the flag over everything.
+        let lambda = Host {
+            cgroup_memory_limit: Some(4 * gib),
+            ..lambda_host(512, 1)
+        };
+        let config = Config::resolve_with(&args(&[]), &lambda);
+        assert_eq!(
+            (config.memory_limit, config.memory_limit_source),
+            (Some(512 << 20), "lambda")
+        );
+        let config = Config::resolve_with(&args(&["--memory-limit", "300Mi"]), &lambda);
+        assert_eq!(
+            (config.memory_limit, config.memory_limit_source),
+            (Some(300 << 20), "flag")
+        );
+        let config = Config::resolve_with(&args(&[]), &Host::default());
+        assert_eq!(
+            (config.memory_limit, config.memory_limit_source),
+            (None, "none")
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ use serde_json::json;
 
 use crate::cache::CacheError;
 use crate::engine::EngineError;
+use crate::memory::MemoryError;
 use crate::repository::RepositoryError;
 
 /// Errors of the request layer: what the caller sent, before any model is involved.
@@ -31,6 +32,10 @@ pub enum RequestError {
     Forbidden(String),
     #[error("{0}")]
     PolicyUnavailable(String),
+    #[error("the request body is not valid HTTP framing: {0}")]
+    MalformedBody(String),
+    #[error("the request body did not arrive within {seconds} seconds (BODY_READ_TIMEOUT_SECONDS)")]
+    BodyTimeout { seconds: f64 },
 }
 
 /// Every error a request can end in.
@@ -44,6 +49,8 @@ pub enum Error {
     Cache(#[from] CacheError),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
 }
 
 impl Error {
@@ -58,6 +65,8 @@ impl Error {
                 RequestError::PayloadTooLarge { .. } => "payload_too_large",
                 RequestError::Forbidden(_) => "forbidden",
                 RequestError::PolicyUnavailable(_) => "policy_unavailable",
+                RequestError::MalformedBody(_) => "invalid_body",
+                RequestError::BodyTimeout { .. } => "request_timeout",
             },
             Error::Repository(e) => match e {
                 RepositoryError::InvalidName { .. } => "invalid_name",
@@ -79,6 +88,11 @@ impl Error {
                 EngineError::Load(_) => "model_load_failed",
                 EngineError::InvalidInput(_) => "invalid_input",
                 EngineError::Inference(_) => "inference_failed",
+                EngineError::OutOfMemory(_) => "insufficient_memory",
+            },
+            Error::Memory(e) => match e {
+                MemoryError::TooLarge { .. } => "memory_limit_exceeded",
+                MemoryError::Busy { .. } => "insufficient_memory",
             },
         }
     }
@@ -86,15 +100,20 @@ impl Error {
     /// The HTTP status for this error (DESIGN section 3).
     pub fn status(&self) -> StatusCode {
         match self.code() {
-            "invalid_json" | "invalid_input" | "invalid_name" => StatusCode::BAD_REQUEST,
+            "invalid_json" | "invalid_input" | "invalid_name" | "invalid_body" => {
+                StatusCode::BAD_REQUEST
+            }
+            "request_timeout" => StatusCode::REQUEST_TIMEOUT,
             "forbidden" => StatusCode::FORBIDDEN,
             "model_not_found" | "version_not_found" | "route_not_found" => StatusCode::NOT_FOUND,
             "method_not_allowed" => StatusCode::METHOD_NOT_ALLOWED,
             "version_exists" => StatusCode::CONFLICT,
-            "payload_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
-            "repository_unavailable" | "load_timeout" | "cache_busy" | "policy_unavailable" => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            "payload_too_large" | "memory_limit_exceeded" => StatusCode::PAYLOAD_TOO_LARGE,
+            "repository_unavailable"
+            | "load_timeout"
+            | "cache_busy"
+            | "policy_unavailable"
+            | "insufficient_memory" => StatusCode::SERVICE_UNAVAILABLE,
             "model_too_large" => StatusCode::INSUFFICIENT_STORAGE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -140,6 +159,16 @@ mod tests {
                 400,
             ),
             (RequestError::Forbidden("x".into()).into(), "forbidden", 403),
+            (
+                RequestError::MalformedBody("x".into()).into(),
+                "invalid_body",
+                400,
+            ),
+            (
+                RequestError::BodyTimeout { seconds: 1.0 }.into(),
+                "request_timeout",
+                408,
+            ),
             (
                 RequestError::PolicyUnavailable("x".into()).into(),
                 "policy_unavailable",
@@ -198,6 +227,30 @@ mod tests {
                 EngineError::InvalidInput("x".into()).into(),
                 "invalid_input",
                 400,
+            ),
+            (
+                EngineError::OutOfMemory("x".into()).into(),
+                "insufficient_memory",
+                503,
+            ),
+            (
+                MemoryError::Busy {
+                    need: 2,
+                    available: 1,
+                }
+                .into(),
+                "insufficient_memory",
+                503,
+            ),
+            (
+                MemoryError::TooLarge {
+                    need: 2,
+                    available: 1,
+                    limit: 3,
+                }
+                .into(),
+                "memory_limit_exceeded",
+                413,
             ),
             (
                 RepositoryError::Unavailable {

@@ -66,7 +66,8 @@ impl Handler {
     /// `invoke-<n>`, as Lambda would give it one.
     pub async fn invoke(&self, event: &str) -> Result<Value, serde_json::Error> {
         static INVOCATIONS: AtomicU64 = AtomicU64::new(1);
-        let request: LambdaRequest = serde_json::from_str(event)?;
+        let mut request: LambdaRequest = serde_json::from_str(event)?;
+        mark_undecodable_body(&mut request);
         let handler = self.clone();
         let mut adapter = Adapter::from(service_fn(move |request| {
             handle_event(handler.clone(), request)
@@ -119,6 +120,13 @@ pub async fn handle_event(
         let answer = admin_event(&handler, &request_id, &body).await;
         return Ok(to_lambda(json_response(http::StatusCode::OK, &answer)));
     }
+    if parts.headers.contains_key(UNDECODABLE_BODY) {
+        let error = Error::Request(RequestError::InvalidInput(
+            "the event says isBase64Encoded is true, but its body is not valid base64 (RFC 4648, with padding)".into(),
+        ));
+        tracing::info!(request_id, status = 400, code = error.code(), "request");
+        return Ok(to_lambda(error_response(&error)));
+    }
     let limit = handler.service.config().max_request_bytes;
     if body.len() > limit {
         let error = Error::Request(RequestError::PayloadTooLarge {
@@ -163,6 +171,45 @@ async fn admin_event(handler: &Handler, request_id: &str, body: &[u8]) -> Value 
         "admin event"
     );
     answer
+}
+
+/// The header [`mark_undecodable_body`] sets on an HTTP event whose body is
+/// marked base64 but is not; any the caller sent is removed first, so only the
+/// front door can set it (and all it can cause is that 400).
+const UNDECODABLE_BODY: &str = "x-model-router-undecodable-body";
+
+/// lambda_http decodes a body marked `isBase64Encoded` with an `expect`: a
+/// body that is not base64 would panic inside the event conversion (exit 101
+/// from `invoke`; a failed invocation on Lambda) instead of answering 400.
+/// Such a body is dropped here, before the conversion, and the event marked,
+/// so that [`handle_event`] answers 400 in the event's own response shape.
+fn mark_undecodable_body(request: &mut LambdaRequest) {
+    use base64::Engine as _;
+    let (headers, body, encoded) = match request {
+        LambdaRequest::ApiGatewayV1(r) => {
+            r.multi_value_headers.remove(UNDECODABLE_BODY);
+            (&mut r.headers, &mut r.body, &mut r.is_base64_encoded)
+        }
+        LambdaRequest::ApiGatewayV2(r) => (&mut r.headers, &mut r.body, &mut r.is_base64_encoded),
+        LambdaRequest::Alb(r) => {
+            r.multi_value_headers.remove(UNDECODABLE_BODY);
+            (&mut r.headers, &mut r.body, &mut r.is_base64_encoded)
+        }
+        // Pass-through events carry no HTTP body; the enum is non-exhaustive.
+        _ => return,
+    };
+    headers.remove(UNDECODABLE_BODY);
+    let undecodable = *encoded
+        && body.as_deref().is_some_and(|text| {
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .is_err()
+        });
+    if undecodable {
+        *body = None;
+        *encoded = false;
+        headers.insert(UNDECODABLE_BODY, http::HeaderValue::from_static("1"));
+    }
 }
 
 /// Routes see the path the caller sent, as the local server does. lambda_http
@@ -250,8 +297,14 @@ pub async fn run(
         // The runtime loop never returns on its own; exiting is how it ends.
         std::process::exit(0);
     });
-    lambda_http::run(service_fn(move |request| {
+    // lambda_http::run, with the events' bodies checked before lambda_http
+    // converts them (see mark_undecodable_body).
+    let mut adapter = Adapter::from(service_fn(move |request| {
         handle_event(handler.clone(), request)
+    }));
+    lambda_runtime::run(service_fn(move |mut event: LambdaEvent<LambdaRequest>| {
+        mark_undecodable_body(&mut event.payload);
+        adapter.call(event)
     }))
     .await
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use model_router::config::{Cli, Command, Config, LogFormat, RouterArgs};
+use model_router::config::{Cli, ClientLimits, Command, Config, LogFormat, RouterArgs};
 use model_router::metrics::Metrics;
 use model_router::publisher::{Publisher, PublisherConfig};
 use model_router::repository::{ModelName, PublishRequest, Repository, verify};
@@ -67,6 +67,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             router,
             addr,
             trust_identity_headers,
+            clients,
         } => {
             let (config, runtime) = start(&router)?;
             runtime.block_on(async {
@@ -88,7 +89,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 tracing::info!(%local, "listening");
                 let options = server::ServeOptions {
                     trust_identity_headers,
+                    header_read_timeout: ClientLimits::duration(
+                        clients.header_read_timeout_seconds,
+                    ),
+                    body_read_timeout: ClientLimits::duration(clients.body_read_timeout_seconds),
+                    idle_timeout: ClientLimits::duration(clients.idle_timeout_seconds),
+                    max_connections: clients.max_connections(),
                 };
+                tracing::info!(?options, "client limits");
                 server::serve_with(listener, service, options, shutdown_signal()).await?;
                 Ok(ExitCode::SUCCESS)
             })

@@ -154,15 +154,18 @@ pub struct PolicyStatus {
     pub last_error: Option<String>,
 }
 
-/// The access policy in force, re-read from its file when the file changes
-/// (checked at most once per `interval`).
+/// The access policy in force, re-read from its file when the file changes.
+///
+/// The file is only ever read by a background thread (every `interval`, at
+/// least every 50 ms apart): a request or health check never waits on the
+/// file, so a policy file that blocks (a FIFO, a stalled network mount) can
+/// only stall that thread, and the last good policy stays in force.
 #[derive(Debug)]
 pub struct AccessControl {
     path: Option<PathBuf>,
-    interval: Duration,
-    /// The policy in force and what is known of the file. A std Mutex: held for
-    /// a stat (and, when the file changed, one small read) every `interval`.
-    state: Mutex<State>,
+    /// The policy in force and what is known of the file. A std Mutex, held
+    /// only to copy or swap these fields; never across file I/O.
+    state: Arc<Mutex<State>>,
 }
 
 #[derive(Debug, Default)]
@@ -172,7 +175,6 @@ struct State {
     last_error: Option<String>,
     /// (modified time, length) of the file last read, to notice changes.
     fingerprint: Option<(SystemTime, u64)>,
-    checked_at: Option<Instant>,
 }
 
 /// The outcome of asking for the policy in force.
@@ -185,39 +187,75 @@ pub enum Access {
     Unavailable(String),
 }
 
+/// How long start-up waits for the first read of the policy file. A file that
+/// takes longer leaves every request refused (503 `policy_unavailable`) until
+/// it has been read, rather than start-up hanging.
+const FIRST_READ_WAIT: Duration = Duration::from_secs(2);
+
+/// A policy file larger than this is refused (policies are a few KB).
+const MAX_POLICY_BYTES: u64 = 1 << 20;
+
 impl AccessControl {
-    /// `path` None: no policy, everything open.
+    /// `path` None: no policy, everything open. Otherwise starts the thread
+    /// that reads the file, and waits (at most 2 s) for its first read.
     pub fn new(path: Option<&Path>, interval: Duration) -> AccessControl {
         let control = AccessControl {
             path: path.map(Path::to_path_buf),
-            interval,
-            state: Mutex::new(State::default()),
+            state: Arc::new(Mutex::new(State::default())),
         };
-        if let Some(path) = &control.path {
-            let mut state = control.lock();
-            reload(path, &mut state);
+        let Some(path) = control.path.clone() else {
+            return control;
+        };
+        let (first_read, wait) = std::sync::mpsc::channel();
+        // The thread holds the state weakly: it ends once the control is dropped.
+        let state = Arc::downgrade(&control.state);
+        let interval = interval.max(Duration::from_millis(50));
+        let spawned = std::thread::Builder::new()
+            .name("policy-reload".into())
+            .spawn(move || {
+                loop {
+                    let Some(state) = state.upgrade() else { return };
+                    refresh(&path, &state);
+                    drop(state);
+                    let _ = first_read.send(());
+                    std::thread::sleep(interval);
+                }
+            });
+        match spawned {
+            Ok(_) => {
+                if wait.recv_timeout(FIRST_READ_WAIT).is_err() {
+                    let mut state = control.lock();
+                    if state.policy.is_none() && state.last_error.is_none() {
+                        state.last_error = Some(format!(
+                            "reading the file has not finished after {} s (a FIFO or a stalled mount?)",
+                            FIRST_READ_WAIT.as_secs()
+                        ));
+                    }
+                }
+            }
+            Err(error) => {
+                control.lock().last_error =
+                    Some(format!("cannot start the policy reload thread: {error}"));
+            }
         }
         control
     }
 
-    /// The policy in force, re-reading the file first if it is due and changed.
+    /// The policy in force. Never touches the file.
     pub fn current(&self) -> Access {
         let Some(path) = &self.path else {
             return Access::Open;
         };
-        let mut state = self.lock();
-        if state
-            .checked_at
-            .is_none_or(|at| at.elapsed() >= self.interval)
-        {
-            reload(path, &mut state);
-        }
+        let state = self.lock();
         match &state.policy {
             Some(policy) => Access::Policy(policy.clone()),
             None => Access::Unavailable(format!(
                 "the access policy {} could not be loaded ({}); every request is refused until it is fixed",
                 path.display(),
-                state.last_error.as_deref().unwrap_or("unknown error")
+                state
+                    .last_error
+                    .as_deref()
+                    .unwrap_or("it has not been read yet")
             )),
         }
     }
@@ -238,23 +276,27 @@ impl AccessControl {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.state)
     }
 }
 
-fn reload(path: &Path, state: &mut State) {
-    state.checked_at = Some(Instant::now());
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Re-reads the file if it changed since the last read, then swaps the
+/// outcome in. The file is read with no lock held.
+fn refresh(path: &Path, state: &Mutex<State>) {
     let fingerprint = std::fs::metadata(path)
         .ok()
         .and_then(|m| Some((m.modified().ok()?, m.len())));
-    if fingerprint.is_some() && fingerprint == state.fingerprint {
+    if fingerprint.is_some() && fingerprint == lock(state).fingerprint {
         return;
     }
-    let outcome = std::fs::read(path)
-        .map_err(|e| e.to_string())
-        .and_then(|bytes| Policy::parse(&bytes));
+    let outcome = read_policy_file(path).and_then(|bytes| Policy::parse(&bytes));
+    let mut state = lock(state);
     state.fingerprint = fingerprint;
     match outcome {
         Ok(policy) => {
@@ -265,13 +307,45 @@ fn reload(path: &Path, state: &mut State) {
         }
         Err(error) => {
             if state.policy.is_some() {
-                tracing::error!(path = %path.display(), %error, "access policy is malformed; the last good policy stays in force");
+                tracing::error!(path = %path.display(), %error, "access policy cannot be used; the last good policy stays in force");
             } else {
-                tracing::error!(path = %path.display(), %error, "access policy is malformed and none was ever loaded; refusing every request");
+                tracing::error!(path = %path.display(), %error, "access policy cannot be used and none was ever loaded; refusing every request");
             }
             state.last_error = Some(error);
         }
     }
+}
+
+/// The policy file's bytes: opened without blocking (a FIFO's open would wait
+/// for a writer), refused unless it is a regular file, read to at most
+/// [`MAX_POLICY_BYTES`] (plus one byte, to tell a larger file).
+fn read_policy_file(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let kind = file.metadata().map_err(|e| e.to_string())?.file_type();
+    if !kind.is_file() {
+        return Err(format!(
+            "it is not a regular file ({})",
+            if kind.is_dir() {
+                "a directory"
+            } else {
+                "a FIFO, socket or device"
+            }
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_POLICY_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_POLICY_BYTES {
+        return Err(format!("it is larger than {MAX_POLICY_BYTES} bytes"));
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -378,6 +452,58 @@ mod tests {
         }
     }
 
+    /// Waits (at most 5 s) until `control`'s policy satisfies `done`: the
+    /// background thread reloads it every 50 ms at most.
+    fn eventually(control: &AccessControl, done: impl Fn(&Access) -> bool) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(5) {
+            if done(&control.current()) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    #[test]
+    fn a_fifo_never_blocks_and_keeps_the_last_good_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.json");
+        let fifo = |path: &Path| {
+            let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: `c` is a NUL-terminated path that outlives the call.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        };
+        // A FIFO from the start: start-up returns, and refuses with a reason.
+        fifo(&path);
+        let started = Instant::now();
+        let control = AccessControl::new(Some(&path), Duration::ZERO);
+        assert!(
+            started.elapsed() < FIRST_READ_WAIT,
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            matches!(control.current(), Access::Unavailable(m) if m.contains("not a regular file")),
+            "{:?}",
+            control.current()
+        );
+        // Then a good file: loaded.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, POLICY).unwrap();
+        assert!(eventually(&control, |a| matches!(a, Access::Policy(_))));
+        // Then a FIFO again: the last good policy stays, and asking is instant.
+        std::fs::remove_file(&path).unwrap();
+        fifo(&path);
+        assert!(eventually(&control, |_| control
+            .status()
+            .last_error
+            .is_some()));
+        let asked = Instant::now();
+        assert!(matches!(control.current(), Access::Policy(p) if p.teams.len() == 2));
+        assert!(asked.elapsed() < Duration::from_millis(100));
+    }
+
     #[test]
     fn a_malformed_file_keeps_the_last_good_policy() {
         let dir = tempfile::tempdir().unwrap();
@@ -386,6 +512,10 @@ mod tests {
         let control = AccessControl::new(Some(&path), Duration::ZERO);
         assert!(matches!(control.current(), Access::Policy(p) if p.teams.len() == 2));
         std::fs::write(&path, "{ not json").unwrap();
+        assert!(eventually(&control, |_| control
+            .status()
+            .last_error
+            .is_some()));
         assert!(matches!(control.current(), Access::Policy(p) if p.teams.len() == 2));
         let status = control.status();
         assert!(status.loaded && status.last_error.is_some());
@@ -394,7 +524,10 @@ mod tests {
             r#"{"teams": {"solo": {"principals": ["*"], "models": ["*"]}}}"#,
         )
         .unwrap();
-        assert!(matches!(control.current(), Access::Policy(p) if p.teams.len() == 1));
+        assert!(eventually(
+            &control,
+            |a| matches!(a, Access::Policy(p) if p.teams.len() == 1)
+        ));
         assert!(control.status().last_error.is_none());
     }
 

@@ -14,6 +14,7 @@ use crate::engine::{
 };
 use crate::error::{Error, RequestError};
 use crate::identity::{AlbOidc, AlbVerifier, Caller};
+use crate::memory::{MemorySplit, RequestMemory, Reservation};
 use crate::policy::{Access, AccessControl, Policy, PolicyStatus};
 use crate::repository::{
     FetchOptions, Manifest, ModelKey, ModelName, Repository, RepositoryError, ResolvedModel,
@@ -60,6 +61,9 @@ pub struct Prediction {
     pub outputs: Vec<(String, OutputValue)>,
     pub load: LoadInfo,
     pub inference_ms: f64,
+    /// The request memory its tensors and response are counted in; held
+    /// until the prediction (and the response made from it) is dropped.
+    pub memory: Reservation,
 }
 
 /// A model a warm (or preload) got into the cache.
@@ -105,6 +109,11 @@ struct Inner {
     shares_applied: std::sync::Mutex<Option<Arc<Policy>>>,
     /// Verifies ALB OIDC tokens (ALB_OIDC_SIGNER), or why it cannot.
     alb: Result<AlbVerifier, String>,
+    /// How the memory limit is split (src/memory.rs), and the router's request
+    /// buffers, reserved per request. Set by the thread that starts ONNX
+    /// Runtime, right after it has (the split's baseline is the process with
+    /// ONNX Runtime loaded and no model), whether or not it could.
+    memory: Arc<OnceLock<(MemorySplit, RequestMemory)>>,
 }
 
 impl ModelService {
@@ -117,25 +126,45 @@ impl ModelService {
             intra_threads: config.intra_threads,
         };
         let engine = Arc::new(OnceLock::new());
-        let starting = engine.clone();
-        let start = move || {
-            let started = Instant::now();
-            let engine = Engine::init(&engine_config);
-            let ms = started.elapsed().as_secs_f64() * 1e3;
-            match &engine {
-                Ok(_) => tracing::info!(ms, "onnxruntime started"),
-                Err(e) => tracing::error!(ms, error = %e, "onnxruntime failed to start"),
+        let memory = Arc::new(OnceLock::new());
+        let start = {
+            let (engine, memory) = (engine.clone(), memory.clone());
+            let (limit, source, cache_bytes) = (
+                config.memory_limit,
+                config.memory_limit_source,
+                config.cache_bytes,
+            );
+            move || {
+                let started = Instant::now();
+                let started_engine = Engine::init(&engine_config).and_then(|engine| {
+                    let split = memory_split(&engine, limit, source, cache_bytes)?;
+                    Ok((engine, split))
+                });
+                let ms = started.elapsed().as_secs_f64() * 1e3;
+                let split = match started_engine {
+                    Ok((started_engine, split)) => {
+                        tracing::info!(ms, ?split, "onnxruntime started; memory split");
+                        let _ = engine.set(Ok(started_engine));
+                        split
+                    }
+                    Err(e) => {
+                        tracing::error!(ms, error = %e, "onnxruntime failed to start");
+                        let _ = engine.set(Err(e));
+                        // Requests still need their buffers accounted (and
+                        // waiters released): the split without ONNX Runtime.
+                        MemorySplit::new(limit, source, cache_bytes, current_rss())
+                    }
+                };
+                let _ = memory.set((split, RequestMemory::new(&split)));
             }
-            let _ = starting.set(engine);
         };
         if let Err(e) = std::thread::Builder::new()
             .name("onnxruntime-start".into())
             .spawn(start)
         {
-            tracing::warn!(error = %e, "cannot start ONNX Runtime on its own thread; starting it inline");
-            let _ = engine.set(Engine::init(&EngineConfig {
-                dylib_path: crate::engine::find_library(config.ort_dylib_path.as_deref())?,
-                intra_threads: config.intra_threads,
+            return Err(Error::Engine(EngineError::Library {
+                path: config.ort_dylib_path.clone().unwrap_or_default(),
+                reason: format!("cannot start a thread for ONNX Runtime: {e}"),
             }));
         }
         let cache = ModelCache::new(config.cache_bytes);
@@ -161,6 +190,7 @@ impl ModelService {
                 access,
                 shares_applied: Default::default(),
                 alb,
+                memory,
             }),
         };
         // Apply the shares of the policy read at start-up.
@@ -297,6 +327,46 @@ impl ModelService {
     /// written, at most `timeout`; whether they all have.
     pub fn wait_for_staging(&self, timeout: std::time::Duration) -> bool {
         self.inner.staging.wait_for_writes(timeout)
+    }
+
+    /// The memory split and the request buffers: set once ONNX Runtime has
+    /// started (a few tens of milliseconds after start-up); waits (blocking)
+    /// until then.
+    fn memory(&self) -> &(MemorySplit, RequestMemory) {
+        self.inner.memory.wait()
+    }
+
+    /// [`ModelService::memory`], waiting off the async threads.
+    async fn memory_ready(&self) -> &(MemorySplit, RequestMemory) {
+        if self.inner.memory.get().is_none() {
+            let memory = self.inner.memory.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                memory.wait();
+            })
+            .await;
+        }
+        self.memory()
+    }
+
+    /// How the process's memory limit is split (README, "Memory").
+    pub fn memory_split(&self) -> MemorySplit {
+        self.memory().0
+    }
+
+    /// Bytes of request buffers reserved now.
+    pub fn request_memory_reserved(&self) -> u64 {
+        self.memory().1.reserved_bytes()
+    }
+
+    /// Reserves request memory for parsing a JSON body of `body_bytes`
+    /// (see [`crate::memory::json_parse_bytes`]).
+    pub async fn reserve_body(&self, body_bytes: usize) -> Result<Reservation, Error> {
+        Ok(self
+            .memory_ready()
+            .await
+            .1
+            .reserve(crate::memory::json_parse_bytes(body_bytes))
+            .await?)
     }
 
     /// The model `name` at `version` (a version, `latest` or an alias), loaded.
@@ -493,24 +563,55 @@ impl ModelService {
     }
 
     /// Runs `name`/`version` on `inputs`, giving `outputs` (all when `None`).
+    ///
+    /// `held`: request memory the request already holds (for parsing its
+    /// body, [`ModelService::reserve_body`]); the prediction grows it to cover
+    /// the tensors and the response too, so one request never waits on itself.
     pub async fn predict(
         &self,
         lease: Lease<Model>,
         load: LoadInfo,
         inputs: Vec<(String, Tensor)>,
         outputs: Option<Vec<String>>,
+        held: Option<Reservation>,
     ) -> Result<Prediction, Error> {
         let started = Instant::now();
         let key = lease.key().clone();
+        // Refused before it runs when its inputs and the outputs its
+        // signature tells cannot fit; topped up (or refused) once the run has
+        // told the real output sizes, before they are copied.
+        let input_bytes = crate::memory::input_bytes(&inputs);
+        let expected = crate::memory::expected_outputs(lease.value().loaded.signature(), &inputs);
+        let held_bytes = held.as_ref().map_or(0, Reservation::bytes);
+        let need = held_bytes + input_bytes + crate::memory::output_bytes(&expected);
+        let memory = match held {
+            Some(held) => {
+                held.grow_waiting(need).await?;
+                held
+            }
+            None => self.memory_ready().await.1.reserve(need).await?,
+        };
         // The lease is held until the run ends: the model stays alive (and
         // counted) even if it is evicted meanwhile.
-        let outputs =
-            run_inference(move || lease.value().loaded.run(inputs, outputs.as_deref())).await??;
+        let (outputs, memory) = run_inference(move || {
+            let outputs = lease.value().loaded.run_admitted(
+                inputs,
+                outputs.as_deref(),
+                &memory.post_check(held_bytes + input_bytes),
+            );
+            (outputs, memory)
+        })
+        .await?;
+        if let Some(refused) = memory.take_refusal() {
+            return Err(refused.into());
+        }
+        let outputs = outputs?;
         Ok(Prediction {
             key,
             outputs,
             load,
             inference_ms: started.elapsed().as_secs_f64() * 1e3,
+            memory,
         })
     }
 
@@ -567,9 +668,10 @@ impl ModelService {
             .clone()
     }
 
-    /// Evicts models from memory. Returns the ones that were cached.
+    /// Evicts models from memory. Returns the ones that were cached. The
+    /// allocator gives the freed pages back to the system right away.
     pub fn evict(&self, models: &[String]) -> Vec<String> {
-        models
+        let evicted: Vec<String> = models
             .iter()
             .filter(|spec| {
                 ModelKey::parse(spec)
@@ -577,7 +679,9 @@ impl ModelService {
                     .unwrap_or(false)
             })
             .cloned()
-            .collect()
+            .collect();
+        crate::engine::release_free_memory();
+        evicted
     }
 
     /// Which concrete versions are in memory now.
@@ -631,4 +735,34 @@ async fn blocking<T: Send + 'static>(
             "internal error in a worker thread: {e}"
         )))
     })
+}
+
+/// The memory split of a process whose ONNX Runtime has just started: its
+/// baseline is what the process holds now, with ONNX Runtime loaded and no
+/// model; under a limit, ONNX Runtime's runs get their bounded arena.
+fn memory_split(
+    engine: &Engine,
+    limit: Option<u64>,
+    source: &'static str,
+    cache_bytes: u64,
+) -> Result<MemorySplit, EngineError> {
+    let memory = MemorySplit::new(limit, source, cache_bytes, current_rss());
+    if memory.limit_bytes.is_some() {
+        // At least 16 MiB, so that a misconfigured split still runs small
+        // requests (the warning says why larger ones fail).
+        engine.limit_run_memory(memory.run_arena_bytes.max(16 << 20))?;
+        if memory.request_headroom_bytes < 64 << 20 {
+            tracing::warn!(
+                ?memory,
+                "the memory limit leaves under 64 MiB for requests: lower MODEL_CACHE_BYTES or raise MEMORY_LIMIT_BYTES"
+            );
+        }
+    }
+    Ok(memory)
+}
+
+/// The process's resident memory now, after giving free pages back.
+fn current_rss() -> u64 {
+    crate::engine::release_free_memory();
+    crate::engine::process_memory().rss_bytes
 }

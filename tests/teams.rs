@@ -438,6 +438,7 @@ async fn serve_believes_identity_headers_only_in_trusted_mode() {
         let addr = listener.local_addr().unwrap();
         let options = model_router::server::ServeOptions {
             trust_identity_headers: trusted,
+            ..Default::default()
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(model_router::server::serve_with(
@@ -492,6 +493,13 @@ async fn a_malformed_policy_keeps_the_last_good_one_and_no_good_policy_refuses_e
         r#"{"teams": {"fraud": {"principals": ["*"], "models": ["*"], "cache_share": 7}}}"#,
     )
     .unwrap();
+    // The file is re-read off the request path, by a background thread.
+    let waited = std::time::Instant::now();
+    while service.policy_status().last_error.is_none()
+        && waited.elapsed() < std::time::Duration::from_secs(5)
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert_eq!(
         status_of(&service, &allowed).await.0,
         200,

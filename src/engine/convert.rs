@@ -163,6 +163,18 @@ pub(super) fn input_value(name: &str, tensor: Tensor) -> Result<DynValue, Engine
     })
 }
 
+/// A tensor output's element type and element count, read from its type
+/// (nothing is copied); `None` for other values and unknown element types.
+pub(super) fn tensor_extent(value: &DynValue) -> Option<(ElementType, usize)> {
+    let ValueType::Tensor { ty, shape, .. } = value.dtype() else {
+        return None;
+    };
+    let count = shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d).ok()?))?;
+    Some((element_type(*ty)?, count))
+}
+
 /// Copies one output (of any nesting the router models) out of ONNX Runtime.
 pub(super) fn output_value(name: &str, value: &DynValue) -> Result<OutputValue, EngineError> {
     let dtype = value.dtype();

@@ -1,14 +1,130 @@
-//! What a loaded model costs in memory, from the process's anonymous RSS
-//! (see [`LoadedModel::footprint_bytes`](super::LoadedModel::footprint_bytes)).
+//! What a loaded model costs in memory, counted by the allocator (see
+//! [`LoadedModel::footprint_bytes`](super::LoadedModel::footprint_bytes)), and
+//! the process-wide memory figures the admin `status` and the benchmarks show.
+//!
+//! jemalloc is the process's allocator (src/lib.rs), unprefixed, so ONNX
+//! Runtime's C++ allocations (`operator new` -> `malloc`) go through it too.
+//! It keeps, for every thread, the bytes that thread ever allocated and ever
+//! freed. The difference over a window in which one thread creates a session
+//! is what that session kept, whatever other threads (other loads, runs on
+//! other models) allocate or free meanwhile; RssAnon deltas, the earlier
+//! measure, took in every other thread's activity and missed memory the
+//! allocator reused.
+
+use tikv_jemalloc_ctl::{epoch, stats, thread};
 
 use super::ModelFormat;
 
+/// The calling thread's allocation counters at one moment; see [`ThreadMeter::kept_bytes`].
+///
+/// ```
+/// use model_router::engine::ThreadMeter;
+///
+/// let meter = ThreadMeter::start();
+/// let kept = vec![1u8; 1 << 20];
+/// let freed = vec![2u8; 4 << 20];
+/// drop(freed);
+/// let bytes = meter.kept_bytes();
+/// assert!(bytes >= 1 << 20 && bytes < 2 << 20, "{bytes}");
+/// # drop(kept);
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct ThreadMeter {
+    allocated: u64,
+    deallocated: u64,
+}
+
+/// `(allocated, deallocated)` bytes of the calling thread, ever; zeros where
+/// jemalloc's statistics are unavailable (then every meter reads 0).
+fn thread_counts() -> (u64, u64) {
+    let allocated = thread::allocatedp::read().map(|p| p.get()).unwrap_or(0);
+    let deallocated = thread::deallocatedp::read().map(|p| p.get()).unwrap_or(0);
+    (allocated, deallocated)
+}
+
+impl ThreadMeter {
+    /// Starts counting on the calling thread.
+    pub fn start() -> ThreadMeter {
+        let (allocated, deallocated) = thread_counts();
+        ThreadMeter {
+            allocated,
+            deallocated,
+        }
+    }
+
+    /// Bytes the calling thread allocated since [`ThreadMeter::start`] and has
+    /// not freed (0 if it freed more than it allocated). Must be read on the
+    /// thread that started the meter. jemalloc counts each allocation by its
+    /// size class (what it really takes), not by the size asked for.
+    pub fn kept_bytes(&self) -> u64 {
+        let (allocated, deallocated) = thread_counts();
+        let allocated = allocated.saturating_sub(self.allocated);
+        let deallocated = deallocated.saturating_sub(self.deallocated);
+        allocated.saturating_sub(deallocated)
+    }
+}
+
+/// The footprint rule documented on `LoadedModel::footprint_bytes`: the bytes
+/// the loading thread kept, plus the mapped file for `.ort` (the session reads
+/// its weights in place; its pages are resident once used).
+pub(super) fn footprint_bytes(format: ModelFormat, mapped_bytes: u64, kept: u64) -> u64 {
+    match format {
+        ModelFormat::Ort => mapped_bytes.saturating_add(kept),
+        ModelFormat::Onnx => kept,
+    }
+}
+
+/// The process's memory as the allocator and the kernel see it.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct ProcessMemory {
+    /// Bytes allocated and not freed (jemalloc `stats.allocated`): Rust and
+    /// ONNX Runtime alike.
+    pub allocated_bytes: u64,
+    /// Bytes in pages jemalloc holds resident (`stats.resident`): allocated,
+    /// plus its metadata and freed pages not yet returned.
+    pub allocator_resident_bytes: u64,
+    /// `VmRSS` of /proc/self/status: everything resident, file-backed pages of
+    /// mapped models and libraries included.
+    pub rss_bytes: u64,
+    /// `RssAnon`: the anonymous part of `VmRSS`.
+    pub rss_anon_bytes: u64,
+}
+
+/// Reads [`ProcessMemory`] now (zeros for what cannot be read).
+pub fn process_memory() -> ProcessMemory {
+    // jemalloc's totals are a snapshot refreshed by advancing the epoch.
+    let _ = epoch::advance();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    ProcessMemory {
+        allocated_bytes: stats::allocated::read().unwrap_or(0) as u64,
+        allocator_resident_bytes: stats::resident::read().unwrap_or(0) as u64,
+        rss_bytes: status_kib(&status, "VmRSS:").unwrap_or(0),
+        rss_anon_bytes: status_kib(&status, "RssAnon:").unwrap_or(0),
+    }
+}
+
+/// Gives the pages of freed memory back to the system now, rather than after
+/// jemalloc's decay time: after an eviction, so that resident memory follows
+/// the cache down.
+pub fn release_free_memory() {
+    // "arena.<MALLCTL_ARENAS_ALL>.purge": every arena. 4096 is jemalloc's
+    // MALLCTL_ARENAS_ALL.
+    // SAFETY: `arena.N.purge` is a void control: all four pointers are null
+    // and the length 0, as jemalloc requires of one (it reads and writes
+    // nothing); the name is a NUL-terminated static.
+    let _ = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            c"arena.4096.purge".as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+}
+
 /// The process's anonymous resident memory (`RssAnon` in `/proc/self/status`),
 /// in bytes; `None` where that cannot be read (not Linux, no `/proc`).
-///
-/// Anonymous memory is what `malloc` hands out, so it grows with what ONNX
-/// Runtime allocates for a session, and not with the pages of a mapped model
-/// file (those are file-backed, counted in `RssFile`).
 ///
 /// ```
 /// if cfg!(target_os = "linux") {
@@ -17,34 +133,14 @@ use super::ModelFormat;
 /// ```
 pub fn anon_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    parse_rss_anon(&status)
+    status_kib(&status, "RssAnon:")
 }
 
-fn parse_rss_anon(status: &str) -> Option<u64> {
-    let line = status
-        .lines()
-        .find_map(|line| line.strip_prefix("RssAnon:"))?;
+/// A `kB` field of /proc/self/status, in bytes.
+fn status_kib(status: &str, field: &str) -> Option<u64> {
+    let line = status.lines().find_map(|line| line.strip_prefix(field))?;
     let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
     kib.checked_mul(1024)
-}
-
-/// The footprint rule documented on `LoadedModel::footprint_bytes`.
-pub(super) fn footprint_bytes(
-    format: ModelFormat,
-    file_bytes: u64,
-    before: Option<u64>,
-    after: Option<u64>,
-) -> u64 {
-    let Some(grown) = before
-        .zip(after)
-        .map(|(before, after)| after.saturating_sub(before))
-    else {
-        return file_bytes;
-    };
-    match format {
-        ModelFormat::Ort => file_bytes.saturating_add(grown),
-        ModelFormat::Onnx => grown.max(file_bytes),
-    }
 }
 
 #[cfg(test)]
@@ -52,43 +148,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_rss_anon_from_proc_status() {
+    fn reads_kib_fields_from_proc_status() {
         let status = "Name:\tx\nVmRSS:\t  2048 kB\nRssAnon:\t    1500 kB\nRssFile:\t 548 kB\n";
-        assert_eq!(parse_rss_anon(status), Some(1500 * 1024));
-        assert_eq!(parse_rss_anon("VmRSS:\t 2048 kB\n"), None);
+        assert_eq!(status_kib(status, "RssAnon:"), Some(1500 * 1024));
+        assert_eq!(status_kib(status, "VmRSS:"), Some(2048 * 1024));
+        assert_eq!(status_kib("VmRSS:\t 2048 kB\n", "RssAnon:"), None);
     }
 
     #[test]
-    fn footprint_counts_the_mapping_for_ort_and_at_least_the_file_for_onnx() {
+    fn footprint_counts_the_mapping_for_ort_only() {
         let mib = 1 << 20;
-        // .ort: mapping plus what ONNX Runtime allocated.
         assert_eq!(
-            footprint_bytes(ModelFormat::Ort, 100 * mib, Some(10 * mib), Some(13 * mib)),
+            footprint_bytes(ModelFormat::Ort, 100 * mib, 3 * mib),
             103 * mib
         );
-        // .onnx: the growth when it exceeds the file...
         assert_eq!(
-            footprint_bytes(
-                ModelFormat::Onnx,
-                100 * mib,
-                Some(10 * mib),
-                Some(160 * mib)
-            ),
-            150 * mib
+            footprint_bytes(ModelFormat::Onnx, 100 * mib, 140 * mib),
+            140 * mib
         );
-        // ...and never less than the file, even if malloc reused freed memory.
-        assert_eq!(
-            footprint_bytes(ModelFormat::Onnx, 100 * mib, Some(10 * mib), Some(40 * mib)),
-            100 * mib
-        );
-        assert_eq!(
-            footprint_bytes(ModelFormat::Onnx, 100 * mib, Some(50 * mib), Some(40 * mib)),
-            100 * mib
-        );
-        // No /proc: the file's size.
-        assert_eq!(
-            footprint_bytes(ModelFormat::Ort, 100 * mib, None, None),
-            100 * mib
-        );
+    }
+
+    #[test]
+    fn a_meter_sees_only_its_own_thread() {
+        let meter = ThreadMeter::start();
+        // Another thread's allocation, kept alive past the reading.
+        let other = std::thread::spawn(|| vec![0u8; 8 << 20]).join().unwrap();
+        let mine = vec![1u8; 1 << 20];
+        let kept = meter.kept_bytes();
+        assert!((1 << 20..2 << 20).contains(&kept), "{kept}");
+        drop((other, mine));
+        assert!(process_memory().allocated_bytes > 0);
     }
 }

@@ -12,10 +12,16 @@
 //!   as the session.
 //! - `.onnx` files are parsed from a mapping that is dropped once the session
 //!   exists (ONNX Runtime keeps its own copy of the weights).
-//! - The CPU memory arena is off for every session, so a freed session gives its
-//!   memory back instead of keeping it pooled inside ONNX Runtime.
+//! - Each session's own CPU memory arena is off, so a freed session gives its
+//!   memory back instead of keeping it pooled inside ONNX Runtime. Under a
+//!   run memory limit ([`Engine::limit_run_memory`]) sessions share one
+//!   environment arena with a hard `max_mem` instead, shrunk after every run
+//!   (src/engine/arena.rs).
+//! - What a load costs is counted by the allocator on the loading thread
+//!   (src/engine/footprint.rs).
 //! - All sessions share one intra-op thread pool, created with the environment.
 
+mod arena;
 mod convert;
 mod footprint;
 pub mod tensor;
@@ -28,7 +34,7 @@ use std::fmt;
 use std::fs::{self, File};
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use memmap2::Mmap;
 use ort::environment::{Environment, GlobalThreadPoolOptions};
@@ -36,8 +42,14 @@ use ort::ep;
 use ort::logging::LogLevel;
 use ort::session::{OutputSelector, RunOptions, Session};
 
-pub use footprint::anon_rss_bytes;
+pub use footprint::{
+    ProcessMemory, ThreadMeter, anon_rss_bytes, process_memory, release_free_memory,
+};
 pub use tensor::*;
+
+/// The post-check [`LoadedModel::run_admitted`] asks before copying outputs:
+/// each tensor output's element type and count; `Err(reason)` refuses.
+pub type Admit<'a> = dyn Fn(&[(ElementType, usize)]) -> Result<(), String> + Sync + 'a;
 
 /// The file name ONNX Runtime's shared library goes by on Linux.
 const LIBRARY_NAME: &str = "libonnxruntime.so";
@@ -72,6 +84,13 @@ pub enum EngineError {
     /// ONNX Runtime failed while running.
     #[error("inference failed: {0}")]
     Inference(String),
+    /// The run needed more memory than the run memory limit leaves free
+    /// (ONNX Runtime's message, which says how much it asked for).
+    #[error(
+        "the model needs more memory for this request than is free for requests now; \
+         retry later or send a smaller batch ({0})"
+    )]
+    OutOfMemory(String),
 }
 
 /// Finds ONNX Runtime's shared library, in this order:
@@ -147,15 +166,13 @@ fn library_in(dir: &Path) -> Option<PathBuf> {
 /// because making it can fail, and two first calls must not both try.
 static ENGINE: Mutex<Option<Engine>> = Mutex::new(None);
 
-/// Session creation is serialised so that the anonymous-memory growth measured
-/// around one load belongs to that load (see [`LoadedModel::footprint_bytes`]).
-static LOAD_LOCK: Mutex<()> = Mutex::new(());
-
 /// The ONNX Runtime environment: one per process (ort allows one), with one
 /// global intra-op thread pool of `intra_threads` threads, shared by every
 /// session (sessions use DisablePerSessionThreads, which ort does automatically
-/// when the env has a global pool), and the CPU memory arena off for every
-/// session (ep::CPU with_arena_allocator(false)) so freed sessions return memory.
+/// when the env has a global pool), and each session's own CPU memory arena
+/// off (ep::CPU with_arena_allocator(false)) so freed sessions return memory;
+/// under a run memory limit, one shared, bounded arena (see
+/// [`Engine::limit_run_memory`]).
 ///
 /// A cheap handle: clones share the one environment.
 #[derive(Clone)]
@@ -163,6 +180,8 @@ pub struct Engine {
     env: Environment,
     /// The configuration the environment was made with (the first caller's).
     config: Arc<EngineConfig>,
+    /// The run memory limit in force, once set (see [`Engine::limit_run_memory`]).
+    run_limit: Arc<OnceLock<u64>>,
 }
 
 impl fmt::Debug for Engine {
@@ -205,6 +224,28 @@ impl Engine {
         &self.config
     }
 
+    /// Caps the memory ONNX Runtime may allocate for running models at
+    /// `bytes`, for every run of every session loaded after this call, all
+    /// runs together (src/engine/arena.rs). A run that would pass it fails
+    /// with [`EngineError::OutOfMemory`]; the process is untouched.
+    ///
+    /// Once per process, like the environment: the first call sets the
+    /// limit, later calls return the limit in force whatever they pass.
+    pub fn limit_run_memory(&self, bytes: u64) -> Result<u64, EngineError> {
+        static SETTING: Mutex<()> = Mutex::new(());
+        let _once = SETTING.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(limit) = self.run_limit.get() {
+            return Ok(*limit);
+        }
+        arena::register(&self.env, usize::try_from(bytes).unwrap_or(usize::MAX))?;
+        Ok(*self.run_limit.get_or_init(|| bytes))
+    }
+
+    /// The run memory limit in force, if any.
+    pub fn run_memory_limit(&self) -> Option<u64> {
+        self.run_limit.get().copied()
+    }
+
     fn create(config: &EngineConfig) -> Result<Engine, EngineError> {
         let library_error = |reason: String| EngineError::Library {
             path: config.dylib_path.clone(),
@@ -242,6 +283,7 @@ impl Engine {
         let engine = Engine {
             env,
             config: Arc::new(config.clone()),
+            run_limit: Arc::default(),
         };
         engine.prime()?;
         Ok(engine)
@@ -255,7 +297,6 @@ impl Engine {
     fn prime(&self) -> Result<(), EngineError> {
         const PRIME_ONNX: &[u8] = include_bytes!("prime/prime.onnx");
         const PRIME_ORT: &[u8] = include_bytes!("prime/prime.ort");
-        let _serialised = LOAD_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
         for (bytes, format) in [
             (PRIME_ONNX, ModelFormat::Onnx),
             (PRIME_ORT, ModelFormat::Ort),
@@ -282,7 +323,8 @@ impl Engine {
     /// - [`ModelFormat::Onnx`]: ONNX Runtime parses the mapping and copies what
     ///   it keeps; the mapping is dropped before this returns.
     ///
-    /// Loads are serialised process-wide (see [`LoadedModel::footprint_bytes`]).
+    /// Loads on different threads run in parallel; each is measured on its own
+    /// thread (see [`LoadedModel::footprint_bytes`]).
     /// The file must be a private copy that nothing rewrites, truncates or
     /// removes while the model is loaded: the staging directory's verified copy,
     /// never a file on EFS/NFS (DESIGN.md section 7).
@@ -332,26 +374,30 @@ impl Engine {
             )));
         }
 
-        let (session, anon_before, anon_after) = {
-            let _serialised = LOAD_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
-            let anon_before = anon_rss_bytes();
-            let session = self.create_session(&bytes, format)?;
-            (session, anon_before, anon_rss_bytes())
-        };
-        let footprint = footprint::footprint_bytes(format, file_bytes, anon_before, anon_after);
+        // Everything the loading thread allocates and keeps from here to the
+        // end of the probe run is this model's (footprint.rs): the session,
+        // its signature, and what ONNX Runtime keeps after a first run. The
+        // model's bytes were allocated (or mapped) before the meter started,
+        // so they are counted once, as `file_bytes`.
+        let meter = ThreadMeter::start();
+        let session = self.create_session(&bytes, format)?;
         let signature = convert::signature(&session);
         let mapping = match format {
             ModelFormat::Ort => Some(bytes),
             // ONNX Runtime copied what it needs: let the bytes go now.
             ModelFormat::Onnx => None,
         };
-        Ok(LoadedModel {
+        let mut model = LoadedModel {
             session: Mutex::new(session),
             signature,
             format,
-            footprint,
+            footprint: 0,
+            shrink_arena: self.run_limit.get().is_some(),
             _mapping: mapping,
-        })
+        };
+        model.probe();
+        model.footprint = footprint::footprint_bytes(format, file_bytes, meter.kept_bytes());
+        Ok(model)
     }
 
     fn create_session(
@@ -365,6 +411,11 @@ impl Engine {
                 .build()
                 .error_on_failure();
             let mut builder = Session::builder(&self.env)?.with_execution_providers([cpu])?;
+            if self.run_limit.get().is_some() {
+                builder = builder
+                    .with_env_allocators()?
+                    .with_config_entry("session.use_device_allocator_for_initializers", "1")?;
+            }
             if format == ModelFormat::Ort {
                 builder = builder
                     .with_config_entry("session.use_ort_model_bytes_directly", "1")?
@@ -503,6 +554,9 @@ pub struct LoadedModel {
     signature: Signature,
     format: ModelFormat,
     footprint: u64,
+    /// Whether the session uses the environment's limited arena, which each
+    /// run asks to give back what it freed (src/engine/arena.rs).
+    shrink_arena: bool,
     /// The `.ort` model's bytes, which the session uses in place; `None` for `.onnx`.
     _mapping: Option<Arc<Mmap>>,
 }
@@ -523,24 +577,63 @@ impl LoadedModel {
         &self.signature
     }
 
-    /// Bytes this model costs while loaded, measured once, at load:
+    /// Bytes this model costs while loaded, measured once, at load, by the
+    /// allocator (src/engine/footprint.rs):
     ///
-    /// - Loads are serialised by a process-wide lock, and the process's
-    ///   anonymous resident memory (`RssAnon` in `/proc/self/status`) is read
-    ///   just before and just after the session is created. Its growth is what
-    ///   ONNX Runtime allocated for the session: weights it copied, kernels,
-    ///   graph structures.
-    /// - `.ort`: the mapped file's size (the session reads it in place; its
-    ///   pages become resident as they are used) plus that growth.
-    /// - `.onnx`: that growth, but at least the file's size: ONNX Runtime holds
-    ///   a copy of the initializers, and a smaller growth only means the
-    ///   allocator reused memory that an earlier, freed model had returned to it.
-    /// - Where `/proc` cannot be read, the file's size alone (an estimate).
+    /// - the bytes the loading thread allocated and did not free while ONNX
+    ///   Runtime created the session and ran it once on probe inputs (zeros,
+    ///   every dynamic dimension 1): weights ONNX Runtime copied, kernels, graph
+    ///   structures, and what a session keeps after its first run. Counted per
+    ///   thread, so what other threads allocate or free meanwhile (other
+    ///   loads, requests on other models) is not in it;
+    /// - `.ort`: plus the mapped file's size (the session reads the model in
+    ///   place; its pages become resident as they are used).
     ///
-    /// Approximate by nature: anything another thread allocates or frees during
-    /// the load (a request running on another model) lands in the growth.
+    /// How close this is to the resident memory a model adds is measured by
+    /// `scripts/bench-churn.sh` (README, "Memory").
     pub fn footprint_bytes(&self) -> u64 {
         self.footprint
+    }
+
+    /// Runs the model once on probe inputs: zeros of each input's type, every
+    /// dynamic dimension 1. ONNX Runtime keeps some memory per session only
+    /// after its first run (memory patterns, kernel state: measured 0.76 MB on
+    /// a model whose load alone kept 0.86 MB); running at load puts that in
+    /// the footprint instead of leaving it uncharged. A model whose probe
+    /// cannot run (an input that is not a tensor, inputs whose zeros are
+    /// invalid, probe inputs over 4 MiB) is simply not probed.
+    fn probe(&self) {
+        const PROBE_LIMIT: usize = 4 << 20;
+        let mut inputs = Vec::with_capacity(self.signature.inputs.len());
+        let mut bytes = 0usize;
+        for info in &self.signature.inputs {
+            let ValueKind::Tensor {
+                element_type,
+                shape,
+            } = &info.kind
+            else {
+                return;
+            };
+            let dims: Vec<usize> = shape
+                .iter()
+                .map(|dim| match dim {
+                    Dim::Fixed(n) => *n,
+                    Dim::Dynamic(_) => 1,
+                })
+                .collect();
+            let count = dims.iter().product::<usize>();
+            bytes = bytes.saturating_add(count.saturating_mul(element_type.size_bytes()));
+            if bytes > PROBE_LIMIT {
+                return;
+            }
+            let Ok(tensor) = Tensor::new(dims, TensorData::zeros(*element_type, count)) else {
+                return;
+            };
+            inputs.push((info.name.clone(), tensor));
+        }
+        if let Err(error) = self.run_inner(inputs, None, &|_| Ok(()), false) {
+            tracing::debug!(%error, "probe run failed; the footprint leaves out first-run memory");
+        }
     }
 
     /// How the model was loaded.
@@ -589,6 +682,35 @@ impl LoadedModel {
         inputs: Vec<(String, Tensor)>,
         outputs: Option<&[String]>,
     ) -> Result<Vec<(String, OutputValue)>, EngineError> {
+        self.run_admitted(inputs, outputs, &|_| Ok(()))
+    }
+
+    /// [`LoadedModel::run`], asking `admit` before copying the outputs out of
+    /// ONNX Runtime: it gets each tensor output's element type and element
+    /// count (sequences and maps are not listed), and an `Err(reason)` stops
+    /// the request with [`EngineError::OutOfMemory`] before any copy is made.
+    /// This is the post-check for outputs whose size only the run could tell
+    /// (an `Expand` to a shape the request sent).
+    pub fn run_admitted(
+        &self,
+        inputs: Vec<(String, Tensor)>,
+        outputs: Option<&[String]>,
+        admit: &Admit<'_>,
+    ) -> Result<Vec<(String, OutputValue)>, EngineError> {
+        self.run_inner(inputs, outputs, admit, self.shrink_arena)
+    }
+
+    /// The run itself; `shrink`: ask the shared arena to give back its free
+    /// regions after the run. The probe run at load does not: a shrink frees
+    /// regions other threads' runs allocated, on this thread, which would
+    /// take them out of the load's per-thread count.
+    fn run_inner(
+        &self,
+        inputs: Vec<(String, Tensor)>,
+        outputs: Option<&[String]>,
+        admit: &Admit<'_>,
+        shrink: bool,
+    ) -> Result<Vec<(String, OutputValue)>, EngineError> {
         self.check_inputs(&inputs)?;
         let output_names = self.select_outputs(outputs)?;
 
@@ -602,14 +724,26 @@ impl LoadedModel {
             .fold(OutputSelector::no_default(), |selector, name| {
                 selector.with(*name)
             });
-        let options = RunOptions::new()
-            .map_err(|e| EngineError::Inference(format!("cannot create run options: {e}")))?
+        let options_error =
+            |e: ort::Error| EngineError::Inference(format!("cannot create run options: {e}"));
+        let mut options = RunOptions::new()
+            .map_err(options_error)?
             .with_outputs(selector);
+        if shrink {
+            options
+                .set("memory.enable_memory_arena_shrinkage", "cpu:0")
+                .map_err(options_error)?;
+        }
 
         let mut session = self.session.lock().unwrap_or_else(PoisonError::into_inner);
         let results = session
             .run_with_options(ort_inputs, &options)
             .map_err(run_error)?;
+        let extents: Vec<(ElementType, usize)> = results
+            .iter()
+            .filter_map(|(_, value)| convert::tensor_extent(&value))
+            .collect();
+        admit(&extents).map_err(EngineError::OutOfMemory)?;
         // Converted while the session is locked: ort's outputs borrow it.
         results
             .into_iter()
@@ -751,7 +885,10 @@ fn check_named_dims<'a>(
 /// ONNX Runtime's own input checks (e.g. two inputs whose shared dimension
 /// differs) fail with INVALID_ARGUMENT: the caller's fault, not the server's.
 fn run_error(error: ort::Error) -> EngineError {
-    if error.code() == ort::ErrorCode::InvalidArgument {
+    let message = error.to_string();
+    if arena::is_out_of_memory(&message) {
+        EngineError::OutOfMemory(message)
+    } else if error.code() == ort::ErrorCode::InvalidArgument {
         EngineError::InvalidInput(format!("ONNX Runtime rejected the inputs: {error}"))
     } else {
         EngineError::Inference(error.to_string())

@@ -66,6 +66,18 @@ impl ElementType {
         ElementType::ALL.into_iter().find(|t| t.v2_name() == name)
     }
 
+    /// Bytes one element takes in a tensor (a `string` element: its `String`
+    /// header, the text not counted).
+    pub fn size_bytes(self) -> usize {
+        match self {
+            ElementType::Bool | ElementType::Int8 | ElementType::Uint8 => 1,
+            ElementType::Int16 | ElementType::Uint16 | ElementType::Fp16 => 2,
+            ElementType::Int32 | ElementType::Uint32 | ElementType::Fp32 => 4,
+            ElementType::Int64 | ElementType::Uint64 | ElementType::Fp64 => 8,
+            ElementType::Bytes => std::mem::size_of::<String>(),
+        }
+    }
+
     /// The ONNX name (`float`, `int64`, `string`...), as users see it in Netron
     /// and in `onnx.helper`.
     pub fn onnx_name(self) -> &'static str {
@@ -150,6 +162,25 @@ impl TensorData {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// `count` zeros (false, empty strings) of `ty`.
+    pub fn zeros(ty: ElementType, count: usize) -> TensorData {
+        match ty {
+            ElementType::Bool => TensorData::Bool(vec![false; count]),
+            ElementType::Int8 => TensorData::Int8(vec![0; count]),
+            ElementType::Int16 => TensorData::Int16(vec![0; count]),
+            ElementType::Int32 => TensorData::Int32(vec![0; count]),
+            ElementType::Int64 => TensorData::Int64(vec![0; count]),
+            ElementType::Uint8 => TensorData::Uint8(vec![0; count]),
+            ElementType::Uint16 => TensorData::Uint16(vec![0; count]),
+            ElementType::Uint32 => TensorData::Uint32(vec![0; count]),
+            ElementType::Uint64 => TensorData::Uint64(vec![0; count]),
+            ElementType::Fp16 => TensorData::Fp16(vec![half::f16::ZERO; count]),
+            ElementType::Fp32 => TensorData::Fp32(vec![0.0; count]),
+            ElementType::Fp64 => TensorData::Fp64(vec![0.0; count]),
+            ElementType::Bytes => TensorData::Bytes(vec![String::new(); count]),
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Tensors to and from JSON: nested row-major arrays, with every element
 //! checked against the input's element type (no silent wrapping or rounding).
 
+use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::Value;
 
 use crate::engine::{ElementType, MapKey, OutputValue, Tensor, TensorData};
@@ -152,74 +153,142 @@ pub fn to_tensor(
     Ok(Tensor::new(shape, data)?)
 }
 
-/// A float as JSON: the shortest decimal that reads back as the same `f32`
-/// (so 0.1f32 prints as 0.1, not 0.10000000149011612). NaN and infinities,
-/// which JSON cannot hold, become null.
-fn f32_json(x: f32) -> Value {
-    if !x.is_finite() {
-        return Value::Null;
+/// A tensor written as nested JSON arrays (a scalar for shape `[]`) straight
+/// from its elements, with no JSON tree in between: the response costs its
+/// text, not the ~20x of a `serde_json::Value` per element. Floats are the
+/// shortest decimal that reads back as the same value of their own type (so
+/// 0.1f32 prints as 0.1, not 0.10000000149011612); NaN and infinities, which
+/// JSON cannot hold, become null.
+pub struct TensorJson<'a>(pub &'a Tensor);
+
+impl Serialize for TensorJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        Nested {
+            shape: self.0.shape(),
+            data: self.0.data(),
+            offset: 0,
+        }
+        .serialize(serializer)
     }
-    format!("{x}")
-        .parse::<f64>()
-        .ok()
-        .and_then(serde_json::Number::from_f64)
-        .map_or(Value::Null, Value::Number)
 }
 
-fn f64_json(x: f64) -> Value {
-    serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
+/// The elements of `shape` starting at `offset` in `data`, row-major.
+struct Nested<'a> {
+    shape: &'a [usize],
+    data: &'a TensorData,
+    offset: usize,
 }
 
-/// The elements of a tensor as flat JSON values, row-major.
-pub fn flat_json(data: &TensorData) -> Vec<Value> {
+impl Serialize for Nested<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let Some((&len, rest)) = self.shape.split_first() else {
+            return element(self.data, self.offset, serializer);
+        };
+        let stride: usize = rest.iter().product();
+        let mut seq = serializer.serialize_seq(Some(len))?;
+        for i in 0..len {
+            seq.serialize_element(&Nested {
+                shape: rest,
+                data: self.data,
+                offset: self.offset + i * stride,
+            })?;
+        }
+        seq.end()
+    }
+}
+
+/// A tensor's elements as one flat JSON array, row-major (the V2 `data` form).
+pub struct FlatJson<'a>(pub &'a TensorData);
+
+impl Serialize for FlatJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+        for i in 0..self.0.len() {
+            seq.serialize_element(&Element(self.0, i))?;
+        }
+        seq.end()
+    }
+}
+
+struct Element<'a>(&'a TensorData, usize);
+
+impl Serialize for Element<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        element(self.0, self.1, serializer)
+    }
+}
+
+/// Element `i` of `data`; an index past the end (impossible for a checked
+/// [`Tensor`]) is null.
+fn element<S: Serializer>(data: &TensorData, i: usize, serializer: S) -> Result<S::Ok, S::Error> {
+    macro_rules! write {
+        ($v:expr, $method:ident, $convert:expr) => {
+            match $v.get(i) {
+                Some(x) => serializer.$method($convert(x)),
+                None => serializer.serialize_unit(),
+            }
+        };
+    }
     match data {
-        TensorData::Bool(v) => v.iter().map(|x| Value::Bool(*x)).collect(),
-        TensorData::Int8(v) => v.iter().map(|x| Value::from(*x)).collect(),
-        TensorData::Int16(v) => v.iter().map(|x| Value::from(*x)).collect(),
-        TensorData::Int32(v) => v.iter().map(|x| Value::from(*x)).collect(),
-        TensorData::Int64(v) => v.iter().map(|x| Value::from(*x)).collect(),
-        TensorData::Uint8(v) => v.iter().map(|x| Value::from(*x)).collect(),
-        TensorData::Uint16(v) => v.iter().map(|x| Value::from(*x)).collect(),
-        TensorData::Uint32(v) => v.iter().map(|x| Value::from(*x)).collect(),
-        TensorData::Uint64(v) => v.iter().map(|x| Value::from(*x)).collect(),
-        TensorData::Fp16(v) => v.iter().map(|x| f32_json(x.to_f32())).collect(),
-        TensorData::Fp32(v) => v.iter().map(|x| f32_json(*x)).collect(),
-        TensorData::Fp64(v) => v.iter().map(|x| f64_json(*x)).collect(),
-        TensorData::Bytes(v) => v.iter().map(|x| Value::String(x.clone())).collect(),
+        TensorData::Bool(v) => write!(v, serialize_bool, |x: &bool| *x),
+        TensorData::Int8(v) => write!(v, serialize_i8, |x: &i8| *x),
+        TensorData::Int16(v) => write!(v, serialize_i16, |x: &i16| *x),
+        TensorData::Int32(v) => write!(v, serialize_i32, |x: &i32| *x),
+        TensorData::Int64(v) => write!(v, serialize_i64, |x: &i64| *x),
+        TensorData::Uint8(v) => write!(v, serialize_u8, |x: &u8| *x),
+        TensorData::Uint16(v) => write!(v, serialize_u16, |x: &u16| *x),
+        TensorData::Uint32(v) => write!(v, serialize_u32, |x: &u32| *x),
+        TensorData::Uint64(v) => write!(v, serialize_u64, |x: &u64| *x),
+        // serde_json writes non-finite floats as null.
+        TensorData::Fp16(v) => write!(v, serialize_f32, |x: &half::f16| x.to_f32()),
+        TensorData::Fp32(v) => write!(v, serialize_f32, |x: &f32| *x),
+        TensorData::Fp64(v) => write!(v, serialize_f64, |x: &f64| *x),
+        TensorData::Bytes(v) => write!(v, serialize_str, String::as_str),
     }
 }
 
-/// A tensor as nested JSON arrays (a scalar for shape `[]`).
-pub fn tensor_json(tensor: &Tensor) -> Value {
-    let flat = flat_json(tensor.data());
-    nest(tensor.shape(), &mut flat.into_iter())
-}
+/// An output as JSON, written straight from it: tensors nested; sequences as
+/// arrays; maps as objects keyed by the map key (so a ZipMap's probabilities
+/// read `{"0": 0.9, "1": 0.1}`).
+pub struct OutputJson<'a>(pub &'a OutputValue);
 
-fn nest(shape: &[usize], flat: &mut impl Iterator<Item = Value>) -> Value {
-    match shape.split_first() {
-        None => flat.next().unwrap_or(Value::Null),
-        Some((&len, rest)) => Value::Array((0..len).map(|_| nest(rest, flat)).collect()),
+impl Serialize for OutputJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            OutputValue::Tensor(tensor) => TensorJson(tensor).serialize(serializer),
+            OutputValue::Sequence(items) => {
+                let mut seq = serializer.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(&OutputJson(item))?;
+                }
+                seq.end()
+            }
+            OutputValue::Map(entries) => {
+                let mut map = serializer.serialize_map(Some(entries.len()))?;
+                for (key, value) in entries {
+                    match key {
+                        MapKey::Int(i) => {
+                            map.serialize_entry(&i.to_string(), &TensorJson(value))?
+                        }
+                        MapKey::String(s) => map.serialize_entry(s, &TensorJson(value))?,
+                    }
+                }
+                map.end()
+            }
+        }
     }
 }
 
-/// An output as JSON: tensors nested; sequences as arrays; maps as objects keyed
-/// by the map key (so a ZipMap's probabilities read `{"0": 0.9, "1": 0.1}`).
-pub fn output_json(value: &OutputValue) -> Value {
-    match value {
-        OutputValue::Tensor(tensor) => tensor_json(tensor),
-        OutputValue::Sequence(items) => Value::Array(items.iter().map(output_json).collect()),
-        OutputValue::Map(entries) => Value::Object(
-            entries
-                .iter()
-                .map(|(key, value)| {
-                    let key = match key {
-                        MapKey::Int(i) => i.to_string(),
-                        MapKey::String(s) => s.clone(),
-                    };
-                    (key, tensor_json(value))
-                })
-                .collect(),
-        ),
+/// `(name, output)` pairs as one JSON object, in order.
+pub struct OutputsJson<'a>(pub &'a [(String, OutputValue)]);
+
+impl Serialize for OutputsJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, value) in self.0 {
+            map.serialize_entry(name, &OutputJson(value))?;
+        }
+        map.end()
     }
 }
 
@@ -298,6 +367,15 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// The JSON a client reads: the text written, parsed.
+    fn tensor_json(tensor: &Tensor) -> Value {
+        serde_json::from_str(&serde_json::to_string(&TensorJson(tensor)).unwrap()).unwrap()
+    }
+
+    fn output_json(value: &OutputValue) -> Value {
+        serde_json::from_str(&serde_json::to_string(&OutputJson(value)).unwrap()).unwrap()
+    }
+
     fn tensor(value: Value, ty: ElementType) -> Result<Tensor, Error> {
         let array = flatten("x", &value)?;
         to_tensor("x", array.shape, &array.leaves, ty)
@@ -374,6 +452,39 @@ mod tests {
     fn floats_print_as_their_shortest_f32_form() {
         let t = Tensor::new(vec![3], TensorData::Fp32(vec![0.1, f32::NAN, 1.0])).unwrap();
         assert_eq!(tensor_json(&t), json!([0.1, null, 1.0]));
+        let text = serde_json::to_string(&TensorJson(&t)).unwrap();
+        assert_eq!(text, "[0.1,null,1.0]");
+        let t = Tensor::new(
+            vec![2, 2],
+            TensorData::Fp32(vec![f32::MAX, 1e-38, -2.5, 3.0]),
+        )
+        .unwrap();
+        assert_eq!(
+            serde_json::to_string(&TensorJson(&t)).unwrap(),
+            "[[3.4028235e+38,1e-38],[-2.5,3.0]]"
+        );
+        assert_eq!(
+            serde_json::to_string(&FlatJson(t.data())).unwrap(),
+            "[3.4028235e+38,1e-38,-2.5,3.0]"
+        );
+    }
+
+    #[test]
+    fn a_response_costs_its_text_not_a_json_tree() {
+        // 4 Mi floats (16 MiB) written as text: the writer allocates about
+        // the text, and never the ~32 bytes per element a Value tree takes.
+        let n = 4 << 20;
+        let t = Tensor::new(vec![n / 1024, 1024], TensorData::Fp32(vec![0.123_456_7; n])).unwrap();
+        let meter = crate::engine::ThreadMeter::start();
+        let text = serde_json::to_vec(&TensorJson(&t)).unwrap();
+        let written = text.len() as u64;
+        // Vec doubling: at most twice the final text allocated and kept.
+        let kept = meter.kept_bytes();
+        assert!(
+            kept <= 2 * written,
+            "kept {kept} for {written} bytes of text"
+        );
+        assert!(written < 12 * n as u64, "{written}");
     }
 
     #[test]

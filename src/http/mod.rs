@@ -21,8 +21,9 @@ use crate::service::{LoadInfo, ModelService};
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
-/// What one request did, for the one log line and the metrics.
-#[derive(Debug, Default, Clone)]
+/// What one request did, for the one log line and the metrics, and the
+/// request memory it holds.
+#[derive(Debug, Default)]
 pub struct RequestRecord {
     pub model: Option<String>,
     pub version: Option<String>,
@@ -30,6 +31,9 @@ pub struct RequestRecord {
     pub inference_ms: Option<f64>,
     /// The team the model's cache bytes count against, once it is loaded.
     pub team: Option<String>,
+    /// The request memory reserved for parsing its body, which a prediction
+    /// grows to cover its tensors and response (src/memory.rs).
+    pub memory: Option<crate::memory::Reservation>,
 }
 
 impl RequestRecord {
@@ -51,7 +55,23 @@ pub async fn handle(service: &ModelService, request: Request<Bytes>) -> Response
         .map(|id| id.0.clone())
         .unwrap_or_default();
     let mut record = RequestRecord::default();
-    let result = route(service, &request, &mut record).await;
+    // Parsing a body takes memory before any model is involved: reserved
+    // first, or the request is refused (src/memory.rs). Of a V2 binary body,
+    // only the JSON header is parsed.
+    let json_bytes = request
+        .headers()
+        .get("inference-header-content-length")
+        .and_then(|v| v.to_str().ok()?.trim().parse::<usize>().ok())
+        .map_or(request.body().len(), |n| n.min(request.body().len()));
+    let result = match service.reserve_body(json_bytes).await {
+        Ok(parsing) => {
+            record.memory = Some(parsing);
+            route(service, &request, &mut record).await
+        }
+        Err(error) => Err(error),
+    };
+    // The response is built: what the request held is given back.
+    record.memory = None;
     let (response, code) = match result {
         Ok(response) => (response, None),
         Err(error) => (error_response(&error), Some(error.code())),
@@ -188,9 +208,7 @@ async fn route(
         }
         ["models", name, version, "predict"] => {
             only(Method::POST, "POST")?;
-            simple::predict(service, name, version, body, record)
-                .await
-                .map(json_ok)
+            simple::predict(service, name, version, body, record).await
         }
         ["v2", rest @ ..] => v2::route(service, request, rest, record, &only).await,
         _ => Err(RequestError::RouteNotFound {
@@ -270,7 +288,11 @@ fn json_ok((status, body): (StatusCode, Value)) -> Response<Bytes> {
     json_response(status, &body)
 }
 
-pub fn json_response(status: StatusCode, body: &Value) -> Response<Bytes> {
+/// A JSON response, serialised straight from `body`.
+pub fn json_response(
+    status: StatusCode,
+    body: &(impl serde::Serialize + ?Sized),
+) -> Response<Bytes> {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     let mut response = Response::new(Bytes::from(bytes));
     *response.status_mut() = status;

@@ -2,11 +2,13 @@
 //! single-model handler's `{"features": [...]}` request and `prediction` field,
 //! plus batches and named inputs.
 
-use http::StatusCode;
-use serde_json::{Map, Value, json};
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use serde::Serialize;
+use serde_json::Value;
 
 use super::RequestRecord;
-use super::json::{JsonArray, describe, flatten, input_tensor, invalid, output_json};
+use super::json::{JsonArray, OutputJson, OutputsJson, describe, flatten, input_tensor, invalid};
 use crate::error::{Error, RequestError};
 use crate::service::ModelService;
 
@@ -63,7 +65,7 @@ pub(super) async fn predict(
     version: &str,
     body: &[u8],
     record: &mut RequestRecord,
-) -> Result<(StatusCode, Value), Error> {
+) -> Result<Response<Bytes>, Error> {
     // Everything checkable without the model is checked before it is loaded.
     let body: Value =
         serde_json::from_slice(body).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
@@ -94,21 +96,28 @@ pub(super) async fn predict(
             .map(|(name, array)| input_tensor(signature, name, array.shape, &array.leaves, None))
             .collect::<Result<_, _>>()?,
     };
-    let prediction = service.predict(lease, load, inputs, None).await?;
+    let prediction = service
+        .predict(lease, load, inputs, None, record.memory.take())
+        .await?;
     record.inference_ms = Some(prediction.inference_ms);
-    let outputs: Map<String, Value> = prediction
-        .outputs
-        .iter()
-        .map(|(name, value)| (name.clone(), output_json(value)))
-        .collect();
-    let first = outputs.values().next().cloned().unwrap_or(Value::Null);
-    Ok((
-        StatusCode::OK,
-        json!({
-            "model": prediction.key.name().as_str(),
-            "model_version": prediction.key.version(),
-            "outputs": outputs,
-            "prediction": first,
-        }),
-    ))
+    let response = PredictResponse {
+        model: prediction.key.name().as_str(),
+        model_version: prediction.key.version(),
+        outputs: OutputsJson(&prediction.outputs),
+        prediction: prediction
+            .outputs
+            .first()
+            .map(|(_, value)| OutputJson(value)),
+    };
+    Ok(super::json_response(StatusCode::OK, &response))
+}
+
+/// The simple response, written straight from the output tensors (no JSON
+/// tree); `prediction` repeats the first output (null when there is none).
+#[derive(Serialize)]
+struct PredictResponse<'a> {
+    model: &'a str,
+    model_version: &'a str,
+    outputs: OutputsJson<'a>,
+    prediction: Option<OutputJson<'a>>,
 }

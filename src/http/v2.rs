@@ -15,11 +15,11 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode, header};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::RequestRecord;
-use super::json::{flat_json, flatten, input_type, invalid, output_json, to_tensor};
+use super::json::{FlatJson, OutputJson, flatten, input_type, invalid, to_tensor};
 use super::json_response;
 use crate::engine::{
     Dim, ElementType, OutputValue, Signature, Tensor, TensorData, ValueInfo, ValueKind,
@@ -274,49 +274,70 @@ async fn infer(
         })
         .collect::<Result<Vec<_>, Error>>()?;
     let prediction = service
-        .predict(lease, load, inputs, outputs.names())
+        .predict(lease, load, inputs, outputs.names(), record.memory.take())
         .await?;
     record.inference_ms = Some(prediction.inference_ms);
 
+    let tensors = prediction
+        .outputs
+        .iter()
+        .map(|(name, value)| Ok((name.as_str(), v2_tensor(value)?)))
+        .collect::<Result<Vec<_>, Error>>()?;
     let mut tail = Vec::new();
     let mut any_binary = false;
-    let mut answers = Vec::with_capacity(prediction.outputs.len());
-    for (name, value) in &prediction.outputs {
-        let tensor = v2_tensor(value)?;
-        let mut answer = json!({
-            "name": name,
-            "datatype": tensor.element_type().v2_name(),
-            "shape": tensor.shape(),
-        });
+    let mut answers = Vec::with_capacity(tensors.len());
+    for (name, tensor) in &tensors {
         let mut parameters = Map::new();
         if let Some((_, onnx_type)) = onnx_types.iter().find(|(output, _)| output == name) {
             parameters.insert("onnx_type".into(), onnx_type.as_str().into());
         }
-        if outputs.binary(name) {
+        let binary = outputs.binary(name);
+        if binary {
             any_binary = true;
             let start = tail.len();
             binary::encode(tensor.data(), &mut tail);
             parameters.insert("binary_data_size".into(), (tail.len() - start).into());
-        } else {
-            answer["data"] = Value::Array(flat_json(tensor.data()));
         }
-        if !parameters.is_empty() {
-            answer["parameters"] = Value::Object(parameters);
-        }
-        answers.push(answer);
+        answers.push(OutputTensor {
+            name,
+            datatype: tensor.element_type().v2_name(),
+            shape: tensor.shape(),
+            data: (!binary).then(|| FlatJson(tensor.data())),
+            parameters,
+        });
     }
-    let mut response = json!({
-        "model_name": prediction.key.name().as_str(),
-        "model_version": prediction.key.version(),
-    });
-    if let Some(id) = request.id {
-        response["id"] = Value::String(id);
-    }
-    response["outputs"] = Value::Array(answers);
+    let response = InferResponse {
+        model_name: prediction.key.name().as_str(),
+        model_version: prediction.key.version(),
+        id: request.id.as_deref(),
+        outputs: answers,
+    };
     if !any_binary {
         return Ok(json_response(StatusCode::OK, &response));
     }
     Ok(binary_response(&response, tail))
+}
+
+/// An infer response, written straight from the output tensors (no JSON tree).
+#[derive(Serialize)]
+struct InferResponse<'a> {
+    model_name: &'a str,
+    model_version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    outputs: Vec<OutputTensor<'a>>,
+}
+
+#[derive(Serialize)]
+struct OutputTensor<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: &'a [usize],
+    /// Absent when the output is sent as binary data after the JSON.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<FlatJson<'a>>,
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    parameters: Map<String, Value>,
 }
 
 /// Splits a body into its JSON header and the binary data after it, by the
@@ -519,9 +540,9 @@ fn v2_tensor(value: &OutputValue) -> Result<Cow<'_, Tensor>, Error> {
         OutputValue::Tensor(tensor) => return Ok(Cow::Borrowed(tensor)),
         OutputValue::Sequence(items) => items
             .iter()
-            .map(|item| output_json(item).to_string())
+            .map(|item| json_text(&OutputJson(item)))
             .collect(),
-        OutputValue::Map(_) => vec![output_json(value).to_string()],
+        OutputValue::Map(_) => vec![json_text(&OutputJson(value))],
     };
     Ok(Cow::Owned(Tensor::new(
         vec![texts.len()],
@@ -529,8 +550,13 @@ fn v2_tensor(value: &OutputValue) -> Result<Cow<'_, Tensor>, Error> {
     )?))
 }
 
+/// JSON text of a value that always serialises (our own output types).
+fn json_text(value: &impl Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".into())
+}
+
 /// A response whose body is the JSON header followed by binary output data.
-fn binary_response(header_json: &Value, tail: Vec<u8>) -> Response<Bytes> {
+fn binary_response(header_json: &impl Serialize, tail: Vec<u8>) -> Response<Bytes> {
     let mut body = serde_json::to_vec(header_json).unwrap_or_else(|_| b"{}".to_vec());
     let header_length = body.len();
     body.extend_from_slice(&tail);

@@ -1,0 +1,394 @@
+//! The process's one memory bound (README, "Memory"), and what requests may
+//! use of it.
+//!
+//! ```text
+//! memory limit = cache budget + baseline + request headroom
+//! request headroom = run arena (ONNX Runtime, hard limit) + buffers (the router's own)
+//! ```
+//!
+//! - The **cache budget** bounds loaded models (charged as measured by
+//!   `engine::footprint`).
+//! - The **baseline** is what the process holds with nothing loaded: code,
+//!   ONNX Runtime, thread stacks; measured at start-up (VmRSS).
+//! - Half the **request headroom** is ONNX Runtime's run arena
+//!   (`Engine::limit_run_memory`): every tensor a run allocates (outputs and
+//!   intermediates) comes from it, and an allocation past it fails the run
+//!   cleanly. The other half is for the router's own buffers: request input
+//!   tensors, output copies and response bodies. Each request reserves an
+//!   estimate of those before it runs ([`RequestMemory::reserve`]) and tops it
+//!   up once the run has told the real output sizes ([`Reservation::grow`]);
+//!   what does not fit is refused with an error, never run.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::engine::ElementType;
+
+/// Why a request's memory could not be reserved.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MemoryError {
+    /// More than the whole of the router's request buffers: it can never run.
+    #[error(
+        "this request needs about {need} bytes for its tensors and response, more than the {available} bytes \
+         the memory limit leaves for one request (MEMORY_LIMIT_BYTES {limit}, minus the cache budget and the \
+         process's baseline, half of it for ONNX Runtime); send a smaller batch"
+    )]
+    TooLarge {
+        need: u64,
+        available: u64,
+        limit: u64,
+    },
+    /// It would fit, but other requests hold the headroom now.
+    #[error(
+        "this request needs about {need} bytes for its tensors and response; other requests hold the request \
+         headroom ({available} bytes) now; retry"
+    )]
+    Busy { need: u64, available: u64 },
+}
+
+/// How the memory limit is split, for `status` and the start-up log.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct MemorySplit {
+    /// The whole process's bound (MEMORY_LIMIT_BYTES), if known.
+    pub limit_bytes: Option<u64>,
+    /// Where the limit came from (see `Config::memory_limit_source`).
+    pub limit_source: &'static str,
+    pub cache_budget_bytes: u64,
+    /// Resident memory at start-up, ONNX Runtime loaded, no model.
+    pub baseline_bytes: u64,
+    /// limit - cache budget - baseline (0 if the budget leaves none).
+    pub request_headroom_bytes: u64,
+    /// The part of the headroom ONNX Runtime's runs may allocate (hard limit).
+    pub run_arena_bytes: u64,
+    /// The part of the headroom for the router's request buffers.
+    pub request_buffer_bytes: u64,
+}
+
+impl MemorySplit {
+    /// Splits `limit`; `None` (no limit known) leaves requests unbounded.
+    pub fn new(
+        limit: Option<u64>,
+        source: &'static str,
+        cache_budget: u64,
+        baseline: u64,
+    ) -> MemorySplit {
+        let headroom = limit
+            .map(|limit| limit.saturating_sub(cache_budget).saturating_sub(baseline))
+            .unwrap_or(0);
+        let run_arena = headroom / 2;
+        MemorySplit {
+            limit_bytes: limit,
+            limit_source: source,
+            cache_budget_bytes: cache_budget,
+            baseline_bytes: baseline,
+            request_headroom_bytes: headroom,
+            run_arena_bytes: run_arena,
+            request_buffer_bytes: headroom - run_arena,
+        }
+    }
+}
+
+/// Reservations are counted in KiB so that a u32 of permits spans 4 TiB.
+const UNIT: u64 = 1024;
+
+/// The router's request buffers: a byte semaphore. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RequestMemory {
+    /// `None`: no memory limit known, nothing is reserved.
+    pool: Option<Arc<Semaphore>>,
+    total: u64,
+    limit: u64,
+    /// How long a request waits for others to give memory back before 503.
+    wait: Duration,
+}
+
+/// Memory a request holds until it is dropped (its response is built).
+#[derive(Debug)]
+pub struct Reservation {
+    memory: RequestMemory,
+    permits: Mutex<Vec<OwnedSemaphorePermit>>,
+    /// Why the post-check refused, kept so the error keeps its code.
+    refused: Mutex<Option<MemoryError>>,
+}
+
+impl RequestMemory {
+    /// Buffers of `split.request_buffer_bytes` when a limit is known.
+    pub fn new(split: &MemorySplit) -> RequestMemory {
+        let units = (split.request_buffer_bytes / UNIT).min(u64::from(u32::MAX));
+        RequestMemory {
+            pool: split
+                .limit_bytes
+                .map(|_| Arc::new(Semaphore::new(units as usize))),
+            total: units * UNIT,
+            limit: split.limit_bytes.unwrap_or(0),
+            wait: Duration::from_secs(2),
+        }
+    }
+
+    /// Reserves `bytes`, waiting up to 2 s for other requests to release theirs.
+    pub async fn reserve(&self, bytes: u64) -> Result<Reservation, MemoryError> {
+        let reservation = Reservation {
+            memory: self.clone(),
+            permits: Mutex::new(Vec::new()),
+            refused: Mutex::new(None),
+        };
+        reservation.grow_waiting(bytes).await?;
+        Ok(reservation)
+    }
+
+    /// Bytes reserved by requests now.
+    pub fn reserved_bytes(&self) -> u64 {
+        self.pool
+            .as_ref()
+            .map(|pool| {
+                self.total
+                    .saturating_sub(pool.available_permits() as u64 * UNIT)
+            })
+            .unwrap_or(0)
+    }
+
+    fn units(&self, bytes: u64) -> Result<u32, MemoryError> {
+        if bytes > self.total {
+            return Err(MemoryError::TooLarge {
+                need: bytes,
+                available: self.total,
+                limit: self.limit,
+            });
+        }
+        Ok(bytes.div_ceil(UNIT) as u32)
+    }
+}
+
+impl Reservation {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<OwnedSemaphorePermit>> {
+        self.permits.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Bytes this reservation holds.
+    pub fn bytes(&self) -> u64 {
+        self.lock()
+            .iter()
+            .map(|p| p.num_permits() as u64 * UNIT)
+            .sum()
+    }
+
+    /// Grows the reservation to `bytes` in all, waiting like
+    /// [`RequestMemory::reserve`] for other requests to give memory back.
+    pub async fn grow_waiting(&self, bytes: u64) -> Result<(), MemoryError> {
+        let Some(pool) = &self.memory.pool else {
+            return Ok(());
+        };
+        let held = self.bytes();
+        if bytes <= held {
+            return Ok(());
+        }
+        self.memory.units(bytes)?;
+        let units = self.memory.units(bytes - held)?;
+        let acquired =
+            tokio::time::timeout(self.memory.wait, pool.clone().acquire_many_owned(units)).await;
+        match acquired {
+            Ok(Ok(permit)) => {
+                self.lock().push(permit);
+                Ok(())
+            }
+            _ => Err(MemoryError::Busy {
+                need: bytes,
+                available: self.memory.total,
+            }),
+        }
+    }
+
+    /// The post-check for `LoadedModel::run_admitted`: grows the reservation
+    /// to `base` plus what the run's real outputs take ([`output_bytes`]);
+    /// a refusal is kept for [`Reservation::take_refusal`].
+    pub fn post_check(
+        &self,
+        base: u64,
+    ) -> impl Fn(&[(ElementType, usize)]) -> Result<(), String> + Sync + '_ {
+        move |extents| {
+            self.grow(base.saturating_add(output_bytes(extents)))
+                .map_err(|e| {
+                    let message = e.to_string();
+                    *self.refused.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
+                    message
+                })
+        }
+    }
+
+    /// The post-check's refusal, if it refused.
+    pub fn take_refusal(&self) -> Option<MemoryError> {
+        self.refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    /// Grows the reservation to `bytes` in all, without waiting (it is called
+    /// with a session locked).
+    pub fn grow(&self, bytes: u64) -> Result<(), MemoryError> {
+        let Some(pool) = &self.memory.pool else {
+            return Ok(());
+        };
+        let held = self.bytes();
+        if bytes <= held {
+            return Ok(());
+        }
+        self.memory.units(bytes)?;
+        let units = self.memory.units(bytes - held)?;
+        match pool.clone().try_acquire_many_owned(units) {
+            Ok(permit) => {
+                self.lock().push(permit);
+                Ok(())
+            }
+            Err(_) => Err(MemoryError::Busy {
+                need: bytes,
+                available: self.memory.total,
+            }),
+        }
+    }
+}
+
+/// Bytes of the longest JSON text one element of `ty` is written as, with its
+/// separator (f32: `-1.17549435e-38,`). Strings are not bounded by their type:
+/// 32 is assumed, what short labels take.
+pub fn json_text_bytes(ty: ElementType) -> u64 {
+    match ty {
+        ElementType::Bool => 6,
+        ElementType::Int8 => 5,
+        ElementType::Uint8 => 4,
+        ElementType::Int16 => 7,
+        ElementType::Uint16 => 6,
+        ElementType::Int32 | ElementType::Uint32 => 12,
+        ElementType::Int64 | ElementType::Uint64 => 21,
+        ElementType::Fp16 | ElementType::Fp32 => 16,
+        ElementType::Fp64 => 25,
+        ElementType::Bytes => 32,
+    }
+}
+
+/// What a request's outputs take in the router: their copy out of ONNX
+/// Runtime, plus the response text written from it (twice: the simple
+/// protocol repeats the first output as `prediction`).
+pub fn output_bytes(extents: &[(ElementType, usize)]) -> u64 {
+    extents
+        .iter()
+        .map(|&(ty, count)| {
+            (count as u64).saturating_mul(ty.size_bytes() as u64 + 2 * json_text_bytes(ty))
+        })
+        .fold(0u64, u64::saturating_add)
+}
+
+/// Bytes a request's input tensors take.
+pub fn input_bytes(inputs: &[(String, crate::engine::Tensor)]) -> u64 {
+    inputs
+        .iter()
+        .map(|(_, tensor)| match tensor.data() {
+            crate::engine::TensorData::Bytes(strings) => strings
+                .iter()
+                .map(|s| (s.len() + std::mem::size_of::<String>()) as u64)
+                .sum(),
+            data => (data.len() * tensor.element_type().size_bytes()) as u64,
+        })
+        .sum()
+}
+
+/// The tensor outputs `signature` declares, sized from `inputs`: fixed
+/// dimensions as declared, named ones as the input that shares the name
+/// (`batch`), any other as 1 (only the run can tell; the post-check sees it).
+pub fn expected_outputs(
+    signature: &crate::engine::Signature,
+    inputs: &[(String, crate::engine::Tensor)],
+) -> Vec<(ElementType, usize)> {
+    use crate::engine::{Dim, ValueKind};
+    let symbol_size = |symbol: &str| {
+        signature.inputs.iter().find_map(|info| {
+            let ValueKind::Tensor { shape, .. } = &info.kind else {
+                return None;
+            };
+            let (_, tensor) = inputs.iter().find(|(name, _)| *name == info.name)?;
+            shape.iter().zip(tensor.shape()).find_map(|(dim, &size)| {
+                matches!(dim, Dim::Dynamic(Some(s)) if s == symbol).then_some(size)
+            })
+        })
+    };
+    signature
+        .outputs
+        .iter()
+        .filter_map(|info| {
+            let ValueKind::Tensor {
+                element_type,
+                shape,
+            } = &info.kind
+            else {
+                return None;
+            };
+            let count = shape
+                .iter()
+                .map(|dim| match dim {
+                    Dim::Fixed(n) => *n,
+                    Dim::Dynamic(Some(symbol)) => symbol_size(symbol).unwrap_or(1),
+                    Dim::Dynamic(None) => 1,
+                })
+                .fold(1usize, usize::saturating_mul);
+            Some((*element_type, count))
+        })
+        .collect()
+}
+
+/// What parsing a JSON body of `body_bytes` may take: serde_json's tree (a
+/// 32-byte value per number, which is 2 to 12 bytes of text) and the element
+/// list made from it, before any tensor exists. Eight times the text, the
+/// mean for numbers written with 3 to 9 digits.
+pub fn json_parse_bytes(body_bytes: usize) -> u64 {
+    (body_bytes as u64).saturating_mul(8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_limit_splits_into_cache_baseline_and_two_halves_of_headroom() {
+        let mib = 1u64 << 20;
+        let split = MemorySplit::new(Some(512 * mib), "cgroup", 300 * mib, 40 * mib);
+        assert_eq!(split.request_headroom_bytes, 172 * mib);
+        assert_eq!(split.run_arena_bytes, 86 * mib);
+        assert_eq!(split.request_buffer_bytes, 86 * mib);
+        // A budget past the limit leaves nothing for requests (and says so in status).
+        let split = MemorySplit::new(Some(512 * mib), "flag", 600 * mib, 40 * mib);
+        assert_eq!(split.request_headroom_bytes, 0);
+    }
+
+    #[tokio::test]
+    async fn reservations_refuse_what_never_fits_and_wait_for_what_does() {
+        let split = MemorySplit::new(Some(100 * UNIT), "flag", 0, 0);
+        let memory = RequestMemory {
+            wait: Duration::from_millis(50),
+            ..RequestMemory::new(&split)
+        };
+        assert!(matches!(
+            memory.reserve(51 * UNIT).await,
+            Err(MemoryError::TooLarge { .. })
+        ));
+        let first = memory.reserve(30 * UNIT).await.unwrap();
+        assert_eq!(memory.reserved_bytes(), 30 * UNIT);
+        assert!(matches!(
+            memory.reserve(30 * UNIT).await,
+            Err(MemoryError::Busy { .. })
+        ));
+        first.grow(40 * UNIT).unwrap();
+        assert_eq!(first.bytes(), 40 * UNIT);
+        assert!(matches!(
+            first.grow(60 * UNIT),
+            Err(MemoryError::TooLarge { .. })
+        ));
+        drop(first);
+        assert_eq!(memory.reserved_bytes(), 0);
+        // No limit known: nothing is reserved, nothing refused.
+        let open = RequestMemory::new(&MemorySplit::new(None, "none", 0, 0));
+        assert_eq!(open.reserve(u64::MAX).await.unwrap().bytes(), 0);
+    }
+}

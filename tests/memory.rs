@@ -1,0 +1,391 @@
+//! The whole-process memory bound (issue 10), against the real server: a
+//! request whose tensors cannot fit is refused before it runs, one whose
+//! output size only the run can tell (an `Expand` model) fails cleanly inside
+//! ONNX Runtime, and, in a real memory cgroup, neither brings the OOM killer.
+//!
+//! The limits are process-wide (one ONNX Runtime environment per process), so
+//! every test in this file uses the same in-process split; the cgroup test
+//! runs the real binary in a child process of its own.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{TestServer, repository};
+use model_router::Config;
+use serde_json::{Value, json};
+
+const MIB: u64 = 1 << 20;
+
+/// A server whose memory limit leaves 128 MiB of request headroom over a
+/// 16 MiB cache and this process's current resident memory: 64 MiB of run
+/// arena, 64 MiB of request buffers.
+async fn limited_server(root: &Path) -> TestServer {
+    let staging = tempfile::tempdir().unwrap();
+    let mut config =
+        Config::for_repository(root.to_path_buf(), staging.path().to_path_buf(), 16 * MIB);
+    // ONNX Runtime first, so that the resident memory read here is the
+    // baseline the service will measure.
+    let _ = model_router::engine::Engine::init(&model_router::engine::EngineConfig {
+        dylib_path: model_router::engine::find_library(None).unwrap(),
+        intra_threads: 1,
+    });
+    model_router::engine::release_free_memory();
+    let resident = model_router::engine::process_memory().rss_bytes;
+    config.memory_limit = Some(resident + 16 * MIB + 128 * MIB);
+    config.memory_limit_source = "flag";
+    TestServer::with_config(config, staging).await
+}
+
+fn expand(rows: u64, cols: u64) -> Value {
+    json!({"inputs": {"x": [[2.0]], "shape": [rows, cols]}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_cannot_fit_are_refused_and_the_server_goes_on() {
+    let root = repository(&[("expand", "1", "expand.onnx"), ("mlp", "1", "mlp.onnx")]);
+    let server = limited_server(root.path()).await;
+    let split = server.service.memory_split();
+    assert!(
+        split.run_arena_bytes > 50 * MIB && split.request_buffer_bytes > 50 * MIB,
+        "{split:?}"
+    );
+
+    // A small expansion runs.
+    let (status, body) = server.post("/models/expand/1/predict", &expand(3, 2)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["prediction"],
+        json!([[2.0, 2.0], [2.0, 2.0], [2.0, 2.0]])
+    );
+
+    // 20000 x 20000 floats (1.6 GB): ONNX Runtime's arena refuses the
+    // allocation, the run fails, nothing else does.
+    let (status, body) = server
+        .post("/models/expand/1/predict", &expand(20_000, 20_000))
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("insufficient_memory")),
+        "{body}"
+    );
+    assert!(
+        body["error"].as_str().unwrap().contains("1600000000"),
+        "{body}"
+    );
+
+    // 4000 x 2000 floats (32 MB) fit the arena, but their copy and JSON text
+    // do not fit the request buffers: refused after the run, before the copy.
+    let (status, body) = server
+        .post("/models/expand/1/predict", &expand(4_000, 2_000))
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (413, Some("memory_limit_exceeded")),
+        "{body}"
+    );
+
+    // A batch whose inputs and outputs alone exceed the buffers is refused
+    // before it runs (and before the model is even loaded, for its body).
+    let rows: Vec<[f32; 4]> = vec![[0.5, -1.25, 2.0, 0.75]; 250_000];
+    let (status, body) = server
+        .post("/models/mlp/1/predict", &json!({"features": rows}))
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (413, Some("memory_limit_exceeded")),
+        "{body}"
+    );
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("MEMORY_LIMIT_BYTES"),
+        "{body}"
+    );
+
+    // Nothing is left reserved, and the server still answers.
+    assert_eq!(server.service.request_memory_reserved(), 0);
+    let (status, _) = server
+        .post("/models/expand/1/predict", &expand(10, 10))
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = server
+        .post(
+            "/models/mlp/1/predict",
+            &json!({"features": [0.5, -1.25, 2.0, 0.75]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let status = model_router::admin::status(&server.service);
+    let memory = &status["memory"];
+    assert_eq!(memory["limit_source"], "flag", "{memory}");
+    for field in [
+        "limit_bytes",
+        "cache_budget_bytes",
+        "baseline_bytes",
+        "request_headroom_bytes",
+        "run_arena_bytes",
+        "request_buffer_bytes",
+    ] {
+        assert!(
+            memory[field].as_u64().is_some_and(|v| v > 0),
+            "{field}: {memory}"
+        );
+    }
+    assert!(
+        memory["process"]["rss_bytes"].as_u64().unwrap() > 0,
+        "{memory}"
+    );
+}
+
+/// A memory cgroup of our own (v2 with the memory controller, else v1), as a
+/// child of this process's own cgroup; removed on drop.
+struct MemoryCgroup {
+    dir: PathBuf,
+}
+
+impl MemoryCgroup {
+    fn create(limit: u64) -> Result<MemoryCgroup, String> {
+        let cgroups = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
+        let name = format!("model-router-test-{}", std::process::id());
+        let v2_root = Path::new("/sys/fs/cgroup");
+        let v2_memory = std::fs::read_to_string(v2_root.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"));
+        let (dir, files): (PathBuf, &[&str]) = if v2_memory {
+            let own = cgroups
+                .lines()
+                .find_map(|l| l.strip_prefix("0::"))
+                .ok_or("no cgroup v2 line")?;
+            (
+                v2_root.join(own.trim_start_matches('/')).join(&name),
+                &["memory.max", "memory.swap.max"],
+            )
+        } else {
+            let own = cgroups
+                .lines()
+                .find_map(|l| {
+                    let mut f = l.splitn(3, ':');
+                    let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+                    controllers
+                        .split(',')
+                        .any(|c| c == "memory")
+                        .then_some(path)
+                })
+                .ok_or("no memory cgroup (neither v2 with the memory controller nor v1)")?;
+            let root = Path::new("/sys/fs/cgroup/memory");
+            if !root.exists() {
+                return Err("no /sys/fs/cgroup/memory".into());
+            }
+            (
+                root.join(own.trim_start_matches('/')).join(&name),
+                &["memory.limit_in_bytes", "memory.memsw.limit_in_bytes"],
+            )
+        };
+        std::fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let cgroup = MemoryCgroup { dir };
+        for (i, file) in files.iter().enumerate() {
+            let path = cgroup.dir.join(file);
+            let value = if v2_memory && i == 1 {
+                "0".to_string()
+            } else {
+                limit.to_string()
+            };
+            // The swap limit may be absent (no swap accounting): then only memory.
+            if path.exists() {
+                std::fs::write(&path, value).map_err(|e| format!("{}: {e}", path.display()))?;
+            } else if i == 0 {
+                return Err(format!("{} missing", path.display()));
+            }
+        }
+        Ok(cgroup)
+    }
+
+    /// The cgroup's peak memory use (v2 memory.peak, v1 max_usage_in_bytes).
+    fn peak_bytes(&self) -> u64 {
+        ["memory.peak", "memory.max_usage_in_bytes"]
+            .iter()
+            .find_map(|f| {
+                std::fs::read_to_string(self.dir.join(f))
+                    .ok()?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Whether the kernel's OOM killer acted in this cgroup.
+    fn oom_kills(&self) -> u64 {
+        // v2 memory.events and v1 memory.oom_control both have an oom_kill line.
+        ["memory.events", "memory.oom_control"]
+            .iter()
+            .filter_map(|file| std::fs::read_to_string(self.dir.join(file)).ok())
+            .find_map(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        // The child has exited by now; an empty cgroup can be removed.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// `model-router serve` started inside `cgroup`, on 127.0.0.1:0.
+fn serve_in(cgroup: &MemoryCgroup, root: &Path, staging: &Path) -> (Child, std::net::SocketAddr) {
+    let procs = cgroup.dir.join("cgroup.procs");
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > '{}' && exec \"$0\" \"$@\"",
+            procs.display()
+        ))
+        .arg(env!("CARGO_BIN_EXE_model-router"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--repo"])
+        .arg(root)
+        .arg("--staging-dir")
+        .arg(staging)
+        .env_remove("MEMORY_LIMIT_BYTES")
+        .env_remove("MODEL_CACHE_BYTES")
+        .env_remove("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let addr = lines
+        .find_map(|line| {
+            line.ok()?
+                .strip_prefix("model-router listening on http://")?
+                .parse()
+                .ok()
+        })
+        .expect("the server announces its address");
+    (child, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_512_mib_cgroup_hostile_requests_never_bring_the_oom_killer() {
+    let cgroup = match MemoryCgroup::create(512 * MIB) {
+        Ok(cgroup) => cgroup,
+        Err(reason) => {
+            eprintln!("skipped: no memory cgroup to run in ({reason})");
+            return;
+        }
+    };
+    let root = repository(&[("expand", "1", "expand.onnx"), ("mlp", "1", "mlp.onnx")]);
+    let staging = tempfile::tempdir().unwrap();
+    let (mut child, addr) = serve_in(&cgroup, root.path(), staging.path());
+    let post = |body: Value, model: &'static str| async move {
+        common::request_raw(
+            addr,
+            "POST",
+            &format!("/models/{model}/1/predict"),
+            body.to_string().as_bytes(),
+        )
+        .await
+    };
+    let started = Instant::now();
+    // Each of these took a process down in a 512 MiB-1 GiB limit (issue 10).
+    let hostile = [
+        (expand(20_000, 20_000), "expand"),
+        (expand(8_000, 8_000), "expand"),
+        (expand(6_000, 4_000), "expand"),
+        (
+            json!({"features": vec![[0.5f32, -1.25, 2.0, 0.75]; 280_000]}),
+            "mlp",
+        ),
+    ];
+    for (body, model) in hostile {
+        let (status, answer) = post(body, model).await;
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        eprintln!(
+            "{model}: {status} {}",
+            answer.chars().take(160).collect::<String>()
+        );
+        assert!(
+            [200, 413, 503].contains(&status),
+            "{model}: {status} {answer}"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the server died on {model}"
+        );
+    }
+    let (status, _) = post(expand(10, 10), "expand").await;
+    assert_eq!(status, 200);
+    assert_eq!(cgroup.oom_kills(), 0, "the OOM killer acted");
+    assert!(child.try_wait().unwrap().is_none(), "the server died");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    eprintln!(
+        "cgroup test took {:?}; peak usage {} MiB of 512",
+        started.elapsed(),
+        cgroup.peak_bytes() / MIB
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn charges_do_not_depend_on_what_other_requests_do() {
+    let root = repository(&[("mlp", "1", "mlp.onnx"), ("sized", "1", "sized_0.onnx")]);
+    let server = limited_server(root.path()).await;
+    let warm = |service: model_router::ModelService| async move {
+        let (warmed, failed) = service.warm(&["sized/1".to_string()]).await;
+        assert!(failed.is_empty(), "{failed:?}");
+        service.evict(&["sized/1".to_string()]);
+        warmed[0].bytes
+    };
+    // Twice quietly: the first load on a thread also pays that thread's
+    // one-time ONNX Runtime allocations (thread-local buffers).
+    warm(server.service.clone()).await;
+    let quiet = warm(server.service.clone()).await;
+    // Four clients running batches without pause while the model loads again
+    // and again: the charge is the same each time, and it always fits.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (addr, stop, served) = (server.addr, stop.clone(), served.clone());
+        clients.push(tokio::spawn(async move {
+            let body = json!({"features": vec![[0.5f32, -1.25, 2.0, 0.75]; 2000]}).to_string();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (status, _) =
+                    common::request_raw(addr, "POST", "/models/mlp/1/predict", body.as_bytes())
+                        .await;
+                assert_eq!(status, 200);
+                served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }));
+    }
+    // Loads start once requests are flowing.
+    while served.load(std::sync::atomic::Ordering::Relaxed) < 4 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let before = served.load(std::sync::atomic::Ordering::Relaxed);
+    for _ in 0..20 {
+        let busy = warm(server.service.clone()).await;
+        let drift = busy.abs_diff(quiet) as f64 / quiet as f64;
+        eprintln!("charged {busy} under load, {quiet} quiet");
+        assert!(drift < 0.05, "charged {busy} under load, {quiet} quiet");
+    }
+    let during = served.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert!(during > 0, "no request ran while the model loaded");
+    eprintln!("{during} requests ran during the 20 loads");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+}
