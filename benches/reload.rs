@@ -16,9 +16,12 @@
 //! - `reload`: after `evict`, the next load: the staged copy (written in the
 //!   background after the first load; the bench waits for it) is mapped and a
 //!   session made from it, no read of the repository and no hash. The target
-//!   is at most 10 ms.
+//!   is at most 10 ms. Every load includes the engine's probe run (one
+//!   inference on zeros, so what a session keeps after its first run is
+//!   charged: src/engine/footprint.rs).
 //! - `raw engine.load` (the baseline): `Engine::load` of that same staged file:
-//!   mapping plus session creation, nothing of the router's around it.
+//!   mapping, session creation and the same probe run, nothing of the
+//!   router's around it.
 //!
 //! Before timing, the first load and a reload must give the same output for one
 //! input, bit for bit, or the bench stops.

@@ -124,11 +124,11 @@ lines = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 wall_ms = int(sys.argv[2]) / 1e3
 def field(message, key):
     return next((l[key] for l in lines if l.get("message") == message and key in l), float("nan"))
-ort_ms = field("onnxruntime started", "ms")
+ort_ms = field("onnxruntime started; memory split", "ms")
 stage_ms, load_ms = field("model loaded", "stage_ms"), field("model loaded", "load_ms")
 inference_ms, total_ms = field("request", "inference_ms"), field("request", "total_ms")
 print(f"  breakdown of one invoke (its own log; wall {wall_ms:.1f} ms):")
-print(f"    ONNX Runtime start (library, environment, priming), on its own thread  {ort_ms:7.1f} ms")
+print(f"    ONNX Runtime start (library, env, priming, memory split), own thread   {ort_ms:7.1f} ms")
 print(f"    read + sha256 of the model file (overlaps the start above)              {stage_ms:7.1f} ms")
 print(f"    session creation                                                         {load_ms:7.1f} ms")
 print(f"    inference                                                                {inference_ms:7.1f} ms")
