@@ -15,8 +15,6 @@ use std::path::{Path, PathBuf};
 
 pub use key::{MAX_SEGMENT_LEN, ModelKey, ModelName, validate_segment};
 pub use manifest::Manifest;
-/// The one hash-while-copying routine; the S3 publisher downloads through it too.
-pub(crate) use publish::copy_hashing;
 pub use publish::{PublishRequest, VerifyReport, hash_file, verify};
 pub use staging::{StagedFile, Staging, StagingStats};
 
