@@ -22,7 +22,12 @@ cargo fmt --all -- --check
 section "cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets --quiet -- -D warnings
 
-section "cargo test (unit, integration, doc)"
+section "moto for the publisher tests (pinned, hash-checked)"
+MOTO_PYTHON="$(scripts/setup-moto.sh | tail -n 1)"
+export MOTO_PYTHON
+echo "$MOTO_PYTHON"
+
+section "cargo test (unit, integration, doc; both workspace crates)"
 cargo test --locked
 
 section "tritonclient[http] compatibility (pytest)"
