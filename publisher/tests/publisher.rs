@@ -1084,3 +1084,150 @@ async fn the_binary_publishes_with_credentials_region_and_endpoint_from_the_envi
     let report: Value = serde_json::from_slice(&missing.stdout).unwrap();
     assert_eq!(report["records"][0]["code"], "s3_not_found");
 }
+
+// ------------------------------------------------- Lambda runtime API
+
+/// A fake Lambda runtime API on 127.0.0.1:0, the part of it a function
+/// uses: `GET .../invocation/next` hands out the queued events one by one
+/// (then holds the request open, as Lambda does between invocations), and
+/// the function's answers to `.../response` and `.../error` are kept.
+#[derive(Clone, Default)]
+struct RuntimeApi {
+    events: Arc<Mutex<std::collections::VecDeque<Value>>>,
+    /// (request id, "response" or "error", body) in the order they came.
+    answers: Arc<Mutex<Vec<(String, String, Value)>>>,
+}
+
+impl RuntimeApi {
+    async fn start(events: Vec<Value>) -> (RuntimeApi, String) {
+        use axum::extract::{Path as UrlPath, State};
+        use axum::routing::{get, post};
+        let api = RuntimeApi {
+            events: Arc::new(Mutex::new(events.into())),
+            ..RuntimeApi::default()
+        };
+        async fn next(State(api): State<RuntimeApi>) -> axum::response::Response {
+            let event = api.events.lock().unwrap().pop_front();
+            let Some(event) = event else {
+                std::future::pending::<()>().await;
+                unreachable!()
+            };
+            let id = format!("request-{}", api.answers.lock().unwrap().len());
+            let deadline = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+                + 60_000;
+            axum::response::Response::builder()
+                .header("lambda-runtime-aws-request-id", id)
+                .header("lambda-runtime-deadline-ms", deadline.to_string())
+                .header(
+                    "lambda-runtime-invoked-function-arn",
+                    "arn:aws:lambda:us-east-1:111111111111:function:model-router-publisher",
+                )
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(event.to_string()))
+                .unwrap()
+        }
+        async fn answer(
+            State(api): State<RuntimeApi>,
+            UrlPath((id, kind)): UrlPath<(String, String)>,
+            body: axum::body::Bytes,
+        ) -> axum::http::StatusCode {
+            let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            api.answers.lock().unwrap().push((id, kind, body));
+            axum::http::StatusCode::ACCEPTED
+        }
+        let router = axum::Router::new()
+            .route("/2018-06-01/runtime/invocation/next", get(next))
+            .route("/2018-06-01/runtime/invocation/{id}/{kind}", post(answer))
+            .with_state(api.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        (api, address)
+    }
+
+    /// Waits (at most a minute) for `count` answers.
+    async fn answers(&self, count: usize) -> Vec<(String, String, Value)> {
+        for _ in 0..600 {
+            let answers = self.answers.lock().unwrap().clone();
+            if answers.len() >= count {
+                return answers;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the function answered {:?}", self.answers.lock().unwrap());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_runs_as_a_lambda_function_and_fails_invocations_with_failed_records() {
+    let Some(h) = Harness::start().await else {
+        return;
+    };
+    let version_id = upload_mlp(&h, "incoming/mlp/1/model.ort").await;
+    let (api, address) = RuntimeApi::start(vec![
+        json!({ "Records": [h.put("incoming/mlp/1/model.ort", &version_id)] }),
+        json!({ "Records": [h.record("incoming/gone/1/model.ort", None, "ObjectCreated:Put")] }),
+    ])
+    .await;
+    let (_, endpoint) = Proxy::start(&moto().unwrap().endpoint).await;
+    // As the Lambda service starts the image: no command (the image's CMD
+    // would be `lambda`; with none the binary runs the loop all the same).
+    let mut function = Command::new(env!("CARGO_BIN_EXE_model-router-publisher"));
+    function
+        .env_clear()
+        .env("AWS_LAMBDA_RUNTIME_API", &address)
+        .env("AWS_LAMBDA_FUNCTION_NAME", "model-router-publisher")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_SESSION_TOKEN", "function-role-session")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL_S3", &endpoint)
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("MODEL_ROOT", h.root.path())
+        .env("MODEL_STAGING_DIR", h.staging.path().join("lambda"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(dylib) = std::env::var_os("ORT_DYLIB_PATH") {
+        function.env("ORT_DYLIB_PATH", dylib);
+    }
+    let mut child = function.spawn().unwrap();
+    let answers = api.answers(2).await;
+    child.kill().unwrap();
+    let output = child.wait_with_output().unwrap();
+    let logs = String::from_utf8_lossy(&output.stderr);
+
+    let (id, kind, body) = &answers[0];
+    assert_eq!(
+        (id.as_str(), kind.as_str()),
+        ("request-0", "response"),
+        "{logs}"
+    );
+    assert_eq!(body["records"][0]["status"], "published", "{body:#}");
+    assert_eq!(
+        h.manifest("mlp", "1").unwrap().team.as_deref(),
+        Some("fraud")
+    );
+    // A failed record fails the invocation, so that Lambda retries it.
+    let (id, kind, body) = &answers[1];
+    assert_eq!(
+        (id.as_str(), kind.as_str()),
+        ("request-1", "error"),
+        "{logs}"
+    );
+    assert_eq!(body["errorType"], "PublishFailed", "{body:#}");
+    let message = body["errorMessage"].as_str().unwrap();
+    assert!(message.contains("incoming/gone/1/model.ort"), "{message}");
+    // On Lambda the logs are JSON lines, one per record among them.
+    assert!(
+        logs.lines()
+            .any(|l| l.starts_with('{') && l.contains("publish-s3 record")),
+        "{logs}"
+    );
+}
