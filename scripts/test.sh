@@ -25,7 +25,12 @@ cargo clippy --locked --all-targets --quiet -- -D warnings
 section "en_US.UTF-8 locale (skl2onnx's default text models need it)"
 scripts/setup-locale.sh
 
-section "cargo test (unit, integration, doc)"
+section "moto for the publisher tests (pinned, hash-checked)"
+MOTO_PYTHON="$(scripts/setup-moto.sh | tail -n 1)"
+export MOTO_PYTHON
+echo "$MOTO_PYTHON"
+
+section "cargo test (unit, integration, doc; both workspace crates)"
 scripts/setup-fuse.sh
 cargo test --locked
 

@@ -74,13 +74,6 @@ pub enum Command {
         #[command(flatten)]
         router: RouterArgs,
     },
-    /// Run the Lambda runtime loop of the publisher: S3 uploads under the
-    /// prefix become published versions (docs/publisher.md).
-    #[command(name = "publish-s3")]
-    PublishS3 {
-        #[command(flatten)]
-        publisher: PublishS3Args,
-    },
 }
 
 /// How `serve` bounds slow and idle clients (README, "Slow and idle clients").
@@ -121,30 +114,6 @@ impl ClientLimits {
     pub fn duration(seconds: f64) -> std::time::Duration {
         std::time::Duration::try_from_secs_f64(seconds).unwrap_or_default()
     }
-}
-
-/// Flags of `publish-s3` (the publisher function of infra/template.yaml).
-#[derive(Debug, Clone, Args)]
-pub struct PublishS3Args {
-    /// The model repository, mounted writable.
-    #[arg(long = "repo", env = "MODEL_ROOT", default_value = "/mnt/models")]
-    pub repo: PathBuf,
-    /// Only keys under this prefix are published: `<prefix><name>/<version>/<file>.ort|.onnx`.
-    #[arg(long, env = "PUBLISH_INCOMING_PREFIX", default_value = "incoming/")]
-    pub prefix: String,
-    /// Where each outcome is written back to the bucket as `<prefix><name>/<version>.json`;
-    /// empty writes none.
-    #[arg(long, env = "PUBLISH_RESULTS_PREFIX", default_value = "results/")]
-    pub results_prefix: String,
-    /// Where downloads wait before they are published (local disk).
-    #[arg(long, env = "MODEL_STAGING_DIR", default_value = "/tmp/model-router")]
-    pub staging_dir: PathBuf,
-    /// The ONNX Runtime shared library, to check that a model loads before publishing it.
-    #[arg(long, env = "ORT_DYLIB_PATH")]
-    pub ort_dylib_path: Option<PathBuf>,
-    /// Log format. Default: json on Lambda, text elsewhere.
-    #[arg(long, env = "LOG_FORMAT")]
-    pub log_format: Option<LogFormat>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -697,7 +666,7 @@ mod tests {
     fn every_flag_has_its_env_twin() {
         use clap::CommandFactory;
         let cli = Cli::command();
-        for sub in ["serve", "invoke", "lambda", "publish-s3"] {
+        for sub in ["serve", "invoke", "lambda"] {
             let command = cli.find_subcommand(sub).unwrap();
             for arg in command.get_arguments() {
                 let id = arg.get_id().as_str();

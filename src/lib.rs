@@ -31,9 +31,11 @@
 //!   Metric Format lines they are written as.
 //! - [`server`] and [`lambda`]: the front doors (local HTTP; Lambda runtime and
 //!   the `invoke` CLI).
-//! - [`publisher`]: the `publish-s3` Lambda function, the repository's only
-//!   writer on AWS: S3 uploads verified and published, with SigV4 and a minimal
-//!   S3 client of its own.
+//! - [`logging`]: `tracing` set-up, shared with the publisher binary.
+//!
+//! The S3 publisher, the repository's only writer on AWS, is the workspace's
+//! other crate (`publisher/`, binary `model-router-publisher`), so that the
+//! serving binary never links the AWS SDK.
 
 /// jemalloc is the process's allocator, for Rust and (unprefixed) for ONNX
 /// Runtime's C++ allocations alike: one heap, whose per-thread counters
@@ -65,10 +67,10 @@ pub mod error;
 pub mod http;
 pub mod identity;
 pub mod lambda;
+pub mod logging;
 pub mod memory;
 pub mod metrics;
 pub mod policy;
-pub mod publisher;
 pub mod repository;
 pub mod server;
 pub mod service;

@@ -1,13 +1,13 @@
 //! The `model-router` binary: configuration, logging, then one front door.
 
-use std::io::{IsTerminal as _, Read};
+use std::io::Read;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
 use model_router::config::{Cli, ClientLimits, Command, Config, LogFormat, RouterArgs};
+use model_router::logging::init as init_tracing;
 use model_router::metrics::Metrics;
-use model_router::publisher::{Publisher, PublisherConfig};
 use model_router::repository::{ModelName, PublishRequest, Repository, verify};
 use model_router::{ModelService, lambda, server};
 
@@ -170,33 +170,6 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&manifest)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::PublishS3 { publisher } => {
-            let on_lambda = std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some();
-            init_tracing(publisher.log_format.unwrap_or(if on_lambda {
-                LogFormat::Json
-            } else {
-                LogFormat::Text
-            }));
-            let config = PublisherConfig {
-                model_root: publisher.repo,
-                incoming_prefix: publisher.prefix,
-                results_prefix: Some(publisher.results_prefix).filter(|p| !p.is_empty()),
-                staging_dir: publisher.staging_dir,
-                ort_dylib_path: publisher.ort_dylib_path,
-            };
-            tracing::info!(config = %serde_json::to_string(&config)?, "configuration");
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async {
-                // Built once, before the first event, and reused by every one.
-                let publisher = Publisher::start(config)?;
-                model_router::publisher::run(publisher)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                Ok(ExitCode::SUCCESS)
-            })
-        }
         Command::Verify { repo, name } => {
             init_tracing(LogFormat::Text);
             let repository = Repository::open(&repo)?;
@@ -236,26 +209,6 @@ fn start(args: &RouterArgs) -> anyhow::Result<(Config, tokio::runtime::Runtime)>
 
 fn build_service(config: Config) -> anyhow::Result<ModelService> {
     ModelService::new(config).map_err(|e| anyhow::anyhow!("{e}"))
-}
-
-/// Logs go to stderr (stdout carries `invoke`'s answer and the EMF metrics).
-fn init_tracing(format: LogFormat) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init(),
-        // No colour codes in files, pipes or CloudWatch.
-        LogFormat::Text => builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .try_init(),
-    };
 }
 
 async fn shutdown_signal() {

@@ -124,34 +124,51 @@ def cargo_needed_paths(repo: str) -> tuple[list[str], list[str]]:
     problems: list[str] = []
     with open(os.path.join(repo, "Cargo.toml"), "rb") as f:
         manifest = tomllib.load(f)
-    need = ["Cargo.toml", "Cargo.lock"]
-    if "workspace" in manifest and manifest["workspace"].get("members"):
-        problems.append("Cargo.toml declares workspace members; infra/Dockerfile copies one package only")
+    need = ["Cargo.lock"] + package_needed_paths(repo, ".", manifest)
+    # Cargo reads every workspace member's manifest (and so its targets),
+    # whichever package is built.
+    for member in manifest.get("workspace", {}).get("members", []):
+        member = os.path.normpath(member)
+        if member == ".":
+            continue
+        if any(c in member for c in "*?["):
+            problems.append(f"workspace member glob {member!r}: list members explicitly")
+            continue
+        with open(os.path.join(repo, member, "Cargo.toml"), "rb") as f:
+            need += package_needed_paths(repo, member, tomllib.load(f))
+    return need, problems
+
+
+def package_needed_paths(repo: str, member: str, manifest: dict) -> list[str]:
+    """The paths (relative to repo) that cargo needs for one package of the
+    workspace, `member` being its directory ("." for the root package)."""
+    need = [os.path.normpath(os.path.join(member, "Cargo.toml"))]
+    at = lambda p: os.path.normpath(os.path.join(member, p))  # noqa: E731
     pkg = manifest.get("package", {})
     build = pkg.get("build")
     if isinstance(build, str):
-        need.append(build)
-    elif build is None and os.path.exists(os.path.join(repo, "build.rs")):
-        need.append("build.rs")
+        need.append(at(build))
+    elif build is None and os.path.exists(os.path.join(repo, member, "build.rs")):
+        need.append(at("build.rs"))
     lib = manifest.get("lib")
     if lib is not None:
-        need.append(lib.get("path", "src/lib.rs"))
+        need.append(at(lib.get("path", "src/lib.rs")))
     defaults = {"bin": "src/bin/{}.rs", "bench": "benches/{}.rs", "test": "tests/{}.rs", "example": "examples/{}.rs"}
     for kind, pattern in defaults.items():
         for t in manifest.get(kind, []):
             if "path" in t:
-                need.append(t["path"])
+                need.append(at(t["path"]))
             elif kind == "bin" and t.get("name") == pkg.get("name"):
-                need.append("src/main.rs")
+                need.append(at("src/main.rs"))
             else:
-                need.append(pattern.format(t.get("name", "?")))
+                need.append(at(pattern.format(t.get("name", "?"))))
     # include_str!/include_bytes! reach files next to the source at build time.
-    for rs in glob.glob(os.path.join(repo, "src", "**", "*.rs"), recursive=True):
+    for rs in glob.glob(os.path.join(repo, member, "src", "**", "*.rs"), recursive=True):
         text = open(rs, encoding="utf-8", errors="replace").read()
         for m in re.finditer(r"include_(?:str|bytes)!\s*\(\s*\"([^\"]+)\"", text):
             target = os.path.normpath(os.path.join(os.path.dirname(rs), m.group(1)))
             need.append(os.path.relpath(target, repo))
-    return need, problems
+    return need
 
 
 def cmd_dockerfile(repo: str) -> None:
@@ -377,9 +394,18 @@ def cmd_templates(repo: str) -> None:
             problems.append(f"{name}: PackageType is not Image")
     if rp.get("ImageConfig", {}).get("Command") != ["lambda"]:
         problems.append("RouterFunction ImageConfig Command is not [lambda]")
-    if pp.get("ImageConfig", {}).get("Command") != ["publish-s3"]:
-        problems.append("PublisherFunction ImageConfig Command is not [publish-s3]")
-    check("template: both functions build infra/Dockerfile; commands lambda and publish-s3", not problems,
+    # The publisher is its own image: the Dockerfile's `publisher` stage,
+    # whose entry point is model-router-publisher.
+    if pp.get("ImageConfig", {}).get("Command") != ["lambda"]:
+        problems.append("PublisherFunction ImageConfig Command is not [lambda]")
+    target = publisher.get("Metadata", {}).get("DockerBuildTarget")
+    if target != "publisher":
+        problems.append(f"PublisherFunction DockerBuildTarget is {target!r}, expected 'publisher'")
+    elif not re.search(r"(?im)^FROM\s+\S+\s+AS\s+publisher\s*$", dockerfile_text):
+        problems.append("infra/Dockerfile has no stage named publisher")
+    if router.get("Metadata", {}).get("DockerBuildTarget") not in (None, "runtime"):
+        problems.append("RouterFunction does not build the serving image (the last stage, runtime)")
+    check("template: both functions build infra/Dockerfile; serving image runs lambda, publisher stage runs lambda", not problems,
           detail_fail="; ".join(problems))
 
     server_routes = readme_routes(repo)

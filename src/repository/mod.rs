@@ -19,8 +19,6 @@ use std::time::{Duration, Instant};
 pub use fetch::{FetchOptions, VerifiedBytes, fetch, verify_file};
 pub use key::{MAX_SEGMENT_LEN, ModelKey, ModelName, validate_segment};
 pub use manifest::Manifest;
-/// The one hash-while-copying routine; the S3 publisher downloads through it too.
-pub(crate) use publish::copy_hashing;
 pub use publish::{PublishRequest, VerifyReport, hash_file, verify};
 pub use staging::{StageSource, Staged, StagedFile, Staging, StagingStats};
 

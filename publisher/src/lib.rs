@@ -1,13 +1,17 @@
-//! `model-router publish-s3`: the Lambda function that publishes models
-//! uploaded to S3 into the model repository (EFS), the repository's only writer.
+//! The S3 publisher (`model-router-publisher`): publishes models uploaded to
+//! S3 into the model repository (EFS), the repository's only writer on AWS.
+//! A crate of its own, so that the serving binary never links the AWS SDK.
 //!
 //! For each record of an S3 `ObjectCreated` event whose key is
-//! `<prefix><name>/<version>/<file>.ort|.onnx`:
+//! `<prefix><name>/<version>/<file>.ort|.onnx` (or each object named on the
+//! command line):
 //!
 //! 1. the name and version are checked with the repository's rules before
 //!    anything is downloaded;
-//! 2. the object is fetched with a SigV4-signed GET ([`s3`], [`sigv4`]) into a
-//!    private temporary file under the staging directory, hashed as it arrives;
+//! 2. the object's head is read and its bytes fetched with the AWS SDK
+//!    ([`s3`]: default credential chain, standard retries, one validated GET
+//!    or parallel ranged GETs for large objects) into a private temporary
+//!    file under the staging directory, hashed in order as it is written;
 //! 3. the bytes must match every sha256 the object claims: S3's own
 //!    `x-amz-checksum-sha256` (full-object checksums only) and the uploader's
 //!    `x-amz-meta-sha256`;
@@ -25,9 +29,14 @@
 //! the dead-letter queue keeps the event for a redrive). A `rejected` record
 //! (bad key, checksum mismatch, existing version, unloadable model) is final:
 //! retrying cannot change the answer, so it is reported, not retried.
+//!
+//! # Layout
+//!
+//! - this file: records, keys, checks, outcomes and codes, the Lambda loop;
+//! - [`s3`]: the SDK client, the in-order hashing download, the result PUT;
+//! - `main.rs`: the `model-router-publisher` command line (`lambda`, `event`, `object`).
 
 pub mod s3;
-pub mod sigv4;
 
 use std::fmt;
 use std::fs;
@@ -35,20 +44,20 @@ use std::path::PathBuf;
 
 use aws_lambda_events::event::s3::{S3Event, S3EventRecord};
 use lambda_runtime::{Diagnostic, LambdaEvent};
+use model_router::engine::{Engine, EngineConfig, EngineError, ModelFormat, find_library};
+use model_router::repository::{
+    Manifest, ModelKey, ModelName, PublishRequest, Repository, RepositoryError, validate_segment,
+};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::engine::{Engine, EngineConfig, EngineError, ModelFormat, find_library};
-use crate::repository::{
-    Manifest, ModelKey, ModelName, PublishRequest, Repository, RepositoryError, validate_segment,
-};
-use s3::{Downloaded, S3Client, S3Error, checksum_to_hex, s3_uri};
+use s3::{DownloadSettings, Downloaded, ObjectHead, ObjectRef, S3, S3Error};
 
 /// Temporary downloads are named `.publish-s3-*` in the staging directory, so
 /// that what a killed invocation left behind can be recognised and removed.
 const TEMP_PREFIX: &str = ".publish-s3-";
 
-/// The publisher's settings (flags and environment of `publish-s3`).
+/// The publisher's settings (flags and environment of `model-router-publisher`).
 #[derive(Debug, Clone, Serialize)]
 pub struct PublisherConfig {
     /// MODEL_ROOT: the repository, mounted writable (the publisher access point).
@@ -62,6 +71,8 @@ pub struct PublisherConfig {
     pub staging_dir: PathBuf,
     /// ORT_DYLIB_PATH: ONNX Runtime, to check that a model loads before it is published.
     pub ort_dylib_path: Option<PathBuf>,
+    /// PUBLISH_RANGED_GET_THRESHOLD, PUBLISH_GET_PART_BYTES, PUBLISH_GET_CONCURRENCY.
+    pub download: DownloadSettings,
 }
 
 /// Why the publisher could not start, or why an invocation failed.
@@ -133,6 +144,49 @@ impl fmt::Display for Status {
     }
 }
 
+/// One object to publish: a record of an S3 event, or an object named on
+/// the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upload {
+    /// The object; its key URL-decoded (as it came when it would not decode).
+    pub object: ObjectRef,
+    /// `ObjectCreated:Put`, ...; anything not `ObjectCreated:*` is ignored.
+    pub event_name: String,
+    /// The key as the event carried it, when it is not URL-encoded UTF-8.
+    pub undecodable_key: Option<String>,
+}
+
+impl Upload {
+    /// The upload an event record describes (its key URL-decoded).
+    pub fn from_record(record: &S3EventRecord) -> Upload {
+        let raw_key = record.s3.object.key.clone().unwrap_or_default();
+        let (key, undecodable_key) = match decode_key(&raw_key) {
+            Ok(key) => (key, None),
+            Err(_) => (raw_key.clone(), Some(raw_key)),
+        };
+        Upload {
+            object: ObjectRef {
+                bucket: record.s3.bucket.name.clone().unwrap_or_default(),
+                key,
+                version_id: object_version(record),
+                region: record.aws_region.clone().filter(|r| !r.is_empty()),
+            },
+            event_name: record.event_name.clone().unwrap_or_default(),
+            undecodable_key,
+        }
+    }
+
+    /// An object named directly (`model-router-publisher object`), treated
+    /// as if its upload had just been announced.
+    pub fn of_object(object: ObjectRef) -> Upload {
+        Upload {
+            object,
+            event_name: "ObjectCreated:Put".into(),
+            undecodable_key: None,
+        }
+    }
+}
+
 /// The summary of one record: logged as one line, returned in the
 /// invocation's answer and (with `at`) written as the result object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -161,6 +215,9 @@ pub struct RecordReport {
     pub sha256: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
+    /// How many GETs fetched it: 1, or the number of ranged parts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parts: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub team: Option<String>,
     /// The claimed checksums the bytes were checked against and matched:
@@ -177,25 +234,22 @@ pub struct RecordReport {
 }
 
 impl RecordReport {
-    /// A report for `record`, not yet settled (status `failed` until it is).
-    fn for_record(record: &S3EventRecord) -> RecordReport {
-        let bucket = record.s3.bucket.name.clone().unwrap_or_default();
-        let raw_key = record.s3.object.key.clone().unwrap_or_default();
-        // Undecodable keys are reported as they came; `process` rejects them.
-        let key = decode_key(&raw_key).unwrap_or(raw_key);
-        let version_id = object_version(record);
+    /// A report for `upload`, not yet settled (status `failed` until it is).
+    fn for_upload(upload: &Upload) -> RecordReport {
+        let object = &upload.object;
         RecordReport {
             status: Status::Failed,
             code: None,
             error: None,
             reason: None,
-            source: s3_uri(&bucket, &key, version_id.as_deref()),
-            bucket,
-            key,
+            source: object.uri(),
+            bucket: object.bucket.clone(),
+            key: object.key.clone(),
             model: None,
             version: None,
             sha256: None,
             size: None,
+            parts: None,
             team: None,
             verified: Vec::new(),
             result_key: None,
@@ -206,6 +260,11 @@ impl RecordReport {
     /// Whether this record makes the invocation fail (and so be retried).
     pub fn is_failure(&self) -> bool {
         self.status == Status::Failed || self.result_error.is_some()
+    }
+
+    /// Whether the object is in the repository now (published or already there).
+    pub fn is_published(&self) -> bool {
+        matches!(self.status, Status::Published | Status::AlreadyPublished)
     }
 
     fn ignore(mut self, reason: impl Into<String>) -> RecordReport {
@@ -260,6 +319,12 @@ enum RecordError {
         expected: String,
         actual: String,
     },
+    /// S3 checked the stored bytes against this checksum on upload, so the
+    /// download is what went wrong.
+    #[error(
+        "the downloaded bytes' sha256 is {actual}, but S3's x-amz-checksum-sha256 says {expected}: the download was corrupted; nothing was published"
+    )]
+    DownloadCorrupted { expected: String, actual: String },
     #[error(
         "{key} already exists{}; this object's sha256 is {new}. Published versions are immutable: upload it as a new version",
         existing.as_deref().map(|e| format!(" with sha256 {e}")).unwrap_or_default()
@@ -289,13 +354,17 @@ impl RecordError {
             RecordError::InvalidName(_) => "invalid_name",
             RecordError::InvalidMetadata { .. } => "invalid_metadata",
             RecordError::ChecksumMismatch { .. } => "checksum_mismatch",
+            RecordError::DownloadCorrupted { .. }
+            | RecordError::S3(S3Error::ChecksumValidation { .. }) => "s3_checksum_mismatch",
             RecordError::VersionExists { .. } => "version_exists",
             RecordError::ModelLoadFailed(_) => "model_load_failed",
-            RecordError::S3(S3Error::Status { status: 403, .. }) => "s3_access_denied",
-            RecordError::S3(S3Error::Status { status: 404, .. }) => "s3_not_found",
+            RecordError::S3(e) if e.status() == Some(403) => "s3_access_denied",
+            RecordError::S3(e) if e.status() == Some(404) => "s3_not_found",
+            RecordError::S3(S3Error::Write { .. }) | RecordError::Staging { .. } => {
+                "staging_failed"
+            }
             RecordError::S3(_) => "s3_error",
-            RecordError::Staging { .. } => "staging_failed",
-            RecordError::Repository(e) => crate::Error::from(e.clone()).code(),
+            RecordError::Repository(e) => model_router::Error::from(e.clone()).code(),
             RecordError::Internal(_) => "internal_error",
         }
     }
@@ -333,7 +402,7 @@ pub struct Publisher {
 struct Inner {
     config: PublisherConfig,
     repository: Repository,
-    s3: S3Client,
+    s3: S3,
     /// `None`: models are published without a load check (tests of the
     /// publishing logic alone; `start` always has one).
     engine: Option<Engine>,
@@ -344,7 +413,7 @@ impl Publisher {
     /// downloads a killed invocation left behind) and keeps `s3` and `engine`.
     pub fn new(
         config: PublisherConfig,
-        s3: S3Client,
+        s3: S3,
         engine: Option<Engine>,
     ) -> Result<Publisher, PublisherError> {
         let repository = Repository::open(&config.model_root)?;
@@ -372,10 +441,10 @@ impl Publisher {
         })
     }
 
-    /// The publisher Lambda runs: S3 client from the environment (see
-    /// [`S3Client::from_env`]) and ONNX Runtime for the load check.
-    pub fn start(config: PublisherConfig) -> Result<Publisher, PublisherError> {
-        let s3 = S3Client::from_env()?;
+    /// The publisher as it runs: the S3 client from the SDK's default chains
+    /// (see [`S3::from_env`]) and ONNX Runtime for the load check.
+    pub async fn start(config: PublisherConfig) -> Result<Publisher, PublisherError> {
+        let s3 = S3::from_env(config.download).await?;
         let engine = Engine::init(&EngineConfig {
             dylib_path: find_library(config.ort_dylib_path.as_deref())?,
             // Loading checks only; nothing runs.
@@ -393,13 +462,7 @@ impl Publisher {
     /// Returns the [`EventReport`] as JSON, or, once every record has been
     /// processed, an error if any record failed.
     pub async fn invoke(&self, payload: Value) -> Result<Value, PublisherError> {
-        if payload.get("Event").and_then(Value::as_str) == Some("s3:TestEvent") {
-            tracing::info!("S3 test event acknowledged");
-            return Ok(serde_json::json!({ "records": [] }));
-        }
-        let event: S3Event = serde_json::from_value(payload)
-            .map_err(|e| PublisherError::InvalidEvent(e.to_string()))?;
-        let report = self.handle(event).await;
+        let report = self.handle_payload(payload).await?;
         let failed: Vec<String> = report
             .records
             .iter()
@@ -419,17 +482,33 @@ impl Publisher {
         serde_json::to_value(&report).map_err(|e| PublisherError::Internal(e.to_string()))
     }
 
-    /// Processes every record of `event` in order, each on a blocking thread
-    /// (downloading and publishing are blocking I/O), and logs one line per record.
+    /// Parses an event payload (an S3 event notification, or S3's test
+    /// event, which has no records) and processes it.
+    pub async fn handle_payload(&self, payload: Value) -> Result<EventReport, PublisherError> {
+        if payload.get("Event").and_then(Value::as_str) == Some("s3:TestEvent") {
+            tracing::info!("S3 test event acknowledged");
+            return Ok(EventReport::default());
+        }
+        let event: S3Event = serde_json::from_value(payload)
+            .map_err(|e| PublisherError::InvalidEvent(e.to_string()))?;
+        Ok(self.handle(event).await)
+    }
+
+    /// Processes every record of `event` in order.
     pub async fn handle(&self, event: S3Event) -> EventReport {
-        let mut records = Vec::with_capacity(event.records.len());
-        for record in event.records {
-            let fallback = RecordReport::for_record(&record);
+        self.handle_uploads(event.records.iter().map(Upload::from_record).collect())
+            .await
+    }
+
+    /// Processes each upload in order, each on a task of its own (a panic is
+    /// a bug, reported as that record's failure), and logs one line per upload.
+    pub async fn handle_uploads(&self, uploads: Vec<Upload>) -> EventReport {
+        let mut records = Vec::with_capacity(uploads.len());
+        for upload in uploads {
+            let fallback = RecordReport::for_upload(&upload);
             let publisher = self.clone();
-            let report = match tokio::task::spawn_blocking(move || publisher.process(&record)).await
-            {
+            let report = match tokio::spawn(async move { publisher.process(&upload).await }).await {
                 Ok(report) => report,
-                // A panic is a bug; the record is reported failed, the others go on.
                 Err(join) => {
                     let mut report = fallback;
                     report.settle(Err(RecordError::Internal(join.to_string())));
@@ -442,22 +521,23 @@ impl Publisher {
         EventReport { records }
     }
 
-    /// Processes one record (blocking).
-    fn process(&self, record: &S3EventRecord) -> RecordReport {
-        let mut report = RecordReport::for_record(record);
-        let event_name = record.event_name.as_deref().unwrap_or_default();
+    /// Processes one upload.
+    async fn process(&self, upload: &Upload) -> RecordReport {
+        let mut report = RecordReport::for_upload(upload);
+        let event_name = &upload.event_name;
         if !event_name.starts_with("ObjectCreated:") {
             return report.ignore(format!("{event_name:?} is not an ObjectCreated event"));
         }
-        let raw_key = record.s3.object.key.as_deref().unwrap_or_default();
-        let parsed =
-            decode_key(raw_key).and_then(|key| parse_key(&self.inner.config.incoming_prefix, &key));
-        let (key, format) = match parsed {
+        if let Some(raw) = &upload.undecodable_key {
+            report.settle(Err(RecordError::InvalidKey(format!(
+                "key {raw:?} is not URL-encoded UTF-8"
+            ))));
+            return report;
+        }
+        let prefix = &self.inner.config.incoming_prefix;
+        let (key, format) = match parse_key(prefix, &upload.object.key) {
             Ok(KeyMatch::Outside) => {
-                return report.ignore(format!(
-                    "outside the prefix {:?}",
-                    self.inner.config.incoming_prefix
-                ));
+                return report.ignore(format!("outside the prefix {prefix:?}"));
             }
             Ok(KeyMatch::NotAModel(why)) => return report.ignore(why),
             Ok(KeyMatch::Model { key, format }) => (key, format),
@@ -468,47 +548,67 @@ impl Publisher {
         };
         report.model = Some(key.name().to_string());
         report.version = Some(key.version().to_string());
-        let outcome = self.publish_object(record, &key, format, &mut report);
+        let outcome = self
+            .publish_object(&upload.object, &key, format, &mut report)
+            .await;
         report.settle(outcome);
         if report.status != Status::Failed {
-            self.write_result(record, &key, &mut report);
+            self.write_result(&upload.object, &key, &mut report).await;
         }
         report
     }
 
-    /// Download, verify, check, publish. Fills in what it learns as it goes.
-    fn publish_object(
+    /// Runs blocking filesystem (or ONNX Runtime) work off the async workers.
+    async fn blocking<T: Send + 'static>(
         &self,
-        record: &S3EventRecord,
+        work: impl FnOnce(&Publisher) -> Result<T, RecordError> + Send + 'static,
+    ) -> Result<T, RecordError> {
+        let publisher = self.clone();
+        tokio::task::spawn_blocking(move || work(&publisher))
+            .await
+            .map_err(|e| RecordError::Internal(e.to_string()))?
+    }
+
+    /// Download, verify, check, publish. Fills in what it learns as it goes.
+    async fn publish_object(
+        &self,
+        object: &ObjectRef,
         key: &ModelKey,
         format: ModelFormat,
         report: &mut RecordReport,
     ) -> Result<Status, RecordError> {
-        let staging_dir = &self.inner.config.staging_dir;
-        let staging = |e: std::io::Error| RecordError::Staging {
-            dir: staging_dir.display().to_string(),
-            reason: e.to_string(),
-        };
-        fs::create_dir_all(staging_dir).map_err(staging)?;
+        let head = self.inner.s3.head(object).await?;
+        report.size = Some(head.content_length);
         // Private (0600), on local disk, and removed when dropped, whatever happens.
-        let mut download = tempfile::Builder::new()
-            .prefix(TEMP_PREFIX)
-            .suffix(&format!(".{format}"))
-            .tempfile_in(staging_dir)
-            .map_err(staging)?;
-        let downloaded = self.inner.s3.get_object(
-            &report.bucket,
-            &report.key,
-            object_version(record).as_deref(),
-            record.aws_region.as_deref(),
-            download.as_file_mut(),
-        )?;
+        let download = self
+            .blocking(move |publisher| {
+                let dir = &publisher.inner.config.staging_dir;
+                let staging = |e: std::io::Error| RecordError::Staging {
+                    dir: dir.display().to_string(),
+                    reason: e.to_string(),
+                };
+                fs::create_dir_all(dir).map_err(staging)?;
+                tempfile::Builder::new()
+                    .prefix(TEMP_PREFIX)
+                    .suffix(&format!(".{format}"))
+                    .tempfile_in(dir)
+                    .map_err(staging)
+            })
+            .await?;
+        let file = download
+            .as_file()
+            .try_clone()
+            .map_err(|e| RecordError::Staging {
+                dir: self.inner.config.staging_dir.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        let downloaded = self.inner.s3.download(object, &head, file).await?;
         report.sha256 = Some(downloaded.sha256.clone());
         report.size = Some(downloaded.size);
-        verify_claims(&downloaded, report)?;
-        let metadata = &downloaded.head.metadata;
+        report.parts = Some(downloaded.parts);
+        verify_claims(&head, &downloaded, report)?;
         let text = |name: &str| {
-            metadata
+            head.metadata
                 .get(name)
                 .map(|v| v.trim().to_string())
                 .filter(|v| !v.is_empty())
@@ -516,8 +616,30 @@ impl Publisher {
         let (team, description) = (text("team"), text("description"));
         report.team = team.clone();
 
+        let (key, sha256) = (key.clone(), downloaded.sha256.clone());
+        let (status, team) = self
+            .blocking(move |publisher| {
+                publisher.publish_download(&key, format, download, &sha256, team, description)
+            })
+            .await?;
+        report.team = team;
+        Ok(status)
+    }
+
+    /// The blocking half of publishing: the existing-version check, the load
+    /// check and [`Repository::publish`]. Returns the status and the team the
+    /// repository now holds for the version.
+    fn publish_download(
+        &self,
+        key: &ModelKey,
+        format: ModelFormat,
+        download: tempfile::NamedTempFile,
+        sha256: &str,
+        team: Option<String>,
+        description: Option<String>,
+    ) -> Result<(Status, Option<String>), RecordError> {
         if let Some(existing) = self.existing(key)? {
-            return same_or_exists(key, Some(existing), &downloaded.sha256, report);
+            return same_or_exists(key, Some(existing), sha256);
         }
         if let Some(engine) = &self.inner.engine {
             // The download is a private local file nothing else writes: the
@@ -530,19 +652,15 @@ impl Publisher {
             name: key.name().to_string(),
             version: key.version().to_string(),
             source: download.path().to_path_buf(),
-            team,
+            team: team.clone(),
             description,
         });
         match published {
-            Ok((_, manifest)) => {
-                report.sha256 = Some(manifest.sha256);
-                report.size = Some(manifest.size);
-                Ok(Status::Published)
-            }
+            Ok(_) => Ok((Status::Published, team)),
             // Another invocation published it between our check and our rename.
             Err(RepositoryError::AlreadyExists { .. }) => {
                 let existing = self.existing(key)?;
-                same_or_exists(key, existing, &downloaded.sha256, report)
+                same_or_exists(key, existing, sha256)
             }
             Err(e) => Err(RecordError::Repository(e)),
         }
@@ -560,7 +678,7 @@ impl Publisher {
     }
 
     /// Writes `<results prefix><name>/<version>.json`: the report and when.
-    fn write_result(&self, record: &S3EventRecord, key: &ModelKey, report: &mut RecordReport) {
+    async fn write_result(&self, object: &ObjectRef, key: &ModelKey, report: &mut RecordReport) {
         let Some(prefix) = &self.inner.config.results_prefix else {
             return;
         };
@@ -583,13 +701,12 @@ impl Publisher {
                 return;
             }
         };
-        match self.inner.s3.put_object(
-            &report.bucket,
-            &result_key,
-            &body,
-            "application/json",
-            record.aws_region.as_deref(),
-        ) {
+        let target = ObjectRef {
+            key: result_key.clone(),
+            version_id: None,
+            ..object.clone()
+        };
+        match self.inner.s3.put(&target, body, "application/json").await {
             Ok(()) => report.result_key = Some(result_key),
             Err(e) => report.result_error = Some(e.to_string()),
         }
@@ -598,12 +715,12 @@ impl Publisher {
 
 /// Runs the Lambda runtime loop with `publisher` handling every event.
 pub async fn run(publisher: Publisher) -> Result<(), lambda_runtime::Error> {
-    crate::lambda::check_lambda_environment().map_err(|why| {
+    model_router::lambda::check_lambda_environment().map_err(|why| {
         Box::new(PublisherError::NotOnLambda(format!(
-            "{why}; to publish by hand use `model-router publish`"
+            "{why}; off Lambda use `model-router-publisher event FILE` or `object s3://...`"
         ))) as lambda_runtime::Error
     })?;
-    tracing::info!(pid = std::process::id(), "publish-s3 runtime loop starting");
+    tracing::info!(pid = std::process::id(), "publisher runtime loop starting");
     lambda_runtime::run(lambda_runtime::service_fn(
         move |event: LambdaEvent<Value>| {
             let publisher = publisher.clone();
@@ -613,18 +730,17 @@ pub async fn run(publisher: Publisher) -> Result<(), lambda_runtime::Error> {
     .await
 }
 
-/// `already_published` when `existing` has these bytes, else `version_exists`.
+/// `already_published` (with the team the repository holds, which is what
+/// the report should say, not this upload's claim) when `existing` has these
+/// bytes, else `version_exists`.
 fn same_or_exists(
     key: &ModelKey,
     existing: Option<Manifest>,
     sha256: &str,
-    report: &mut RecordReport,
-) -> Result<Status, RecordError> {
+) -> Result<(Status, Option<String>), RecordError> {
     match existing {
         Some(manifest) if manifest.sha256 == sha256 => {
-            // Report what the repository holds, not what this upload claimed.
-            report.team = manifest.team;
-            Ok(Status::AlreadyPublished)
+            Ok((Status::AlreadyPublished, manifest.team))
         }
         other => Err(RecordError::VersionExists {
             key: key.to_string(),
@@ -634,48 +750,56 @@ fn same_or_exists(
     }
 }
 
-/// Checks the downloaded bytes against every sha256 the object claims.
-fn verify_claims(downloaded: &Downloaded, report: &mut RecordReport) -> Result<(), RecordError> {
-    let head = &downloaded.head;
-    let mut claims = Vec::new();
-    if let Some(value) = &head.checksum_sha256 {
-        // A multipart upload's checksum is a checksum of the parts' checksums
-        // ("...-<parts>", type COMPOSITE): not comparable with the object's
-        // sha256. x-amz-meta-sha256 covers those uploads.
-        let composite = value.contains('-')
-            || head
-                .checksum_type
-                .as_deref()
-                .is_some_and(|t| t.eq_ignore_ascii_case("COMPOSITE"));
-        if composite {
-            tracing::debug!(source = %report.source, "x-amz-checksum-sha256 is composite; not compared");
-        } else {
-            let hex = checksum_to_hex(value).ok_or_else(|| RecordError::InvalidMetadata {
-                name: "x-amz-checksum-sha256",
-                reason: format!("{value:?} is not the base64 of a sha256"),
-            })?;
-            claims.push(("x-amz-checksum-sha256", hex));
-        }
+/// Checks the downloaded bytes against every sha256 the object claims:
+/// S3's full-object checksum (a mismatch there means the transfer went wrong:
+/// S3 checked those bytes on upload) and the uploader's `x-amz-meta-sha256`.
+fn verify_claims(
+    head: &ObjectHead,
+    downloaded: &Downloaded,
+    report: &mut RecordReport,
+) -> Result<(), RecordError> {
+    let stored = head
+        .full_object_sha256()
+        .map_err(|reason| RecordError::InvalidMetadata {
+            name: "x-amz-checksum-sha256",
+            reason,
+        })?;
+    if head.checksum_sha256.is_some() && stored.is_none() {
+        // A multipart upload's checksum of its parts' checksums ("...-<parts>",
+        // type COMPOSITE): not the object's sha256. x-amz-meta-sha256 covers those.
+        tracing::debug!(source = %report.source, "x-amz-checksum-sha256 is composite; not compared");
     }
-    if let Some(value) = head.metadata.get("sha256") {
-        let hex = value.trim().to_ascii_lowercase();
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(RecordError::InvalidMetadata {
-                name: "x-amz-meta-sha256",
-                reason: format!("{value:?} is not 64 hex digits (the file's sha256)"),
-            });
+    let claimed = match head.metadata.get("sha256") {
+        Some(value) => {
+            let hex = value.trim().to_ascii_lowercase();
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(RecordError::InvalidMetadata {
+                    name: "x-amz-meta-sha256",
+                    reason: format!("{value:?} is not 64 hex digits (the file's sha256)"),
+                });
+            }
+            Some(hex)
         }
-        claims.push(("x-amz-meta-sha256", hex));
-    }
-    for (claimed_by, expected) in claims {
+        None => None,
+    };
+    if let Some(expected) = stored {
         if expected != downloaded.sha256 {
-            return Err(RecordError::ChecksumMismatch {
-                claimed_by,
+            return Err(RecordError::DownloadCorrupted {
                 expected,
                 actual: downloaded.sha256.clone(),
             });
         }
-        report.verified.push(claimed_by);
+        report.verified.push("x-amz-checksum-sha256");
+    }
+    if let Some(expected) = claimed {
+        if expected != downloaded.sha256 {
+            return Err(RecordError::ChecksumMismatch {
+                claimed_by: "x-amz-meta-sha256",
+                expected,
+                actual: downloaded.sha256.clone(),
+            });
+        }
+        report.verified.push("x-amz-meta-sha256");
     }
     Ok(())
 }
