@@ -59,7 +59,10 @@ pub struct Prediction {
     pub key: ModelKey,
     pub outputs: Vec<(String, OutputValue)>,
     pub load: LoadInfo,
+    /// Running the model, without the wait for a free session.
     pub inference_ms: f64,
+    /// Waiting for a free session of the model's pool (0 when one was free).
+    pub queue_ms: f64,
 }
 
 /// A model a warm (or preload) got into the cache.
@@ -448,9 +451,12 @@ impl ModelService {
         // Usually started long ago; at a cold start, while the file was read.
         let engine = self.engine()?;
         let started = Instant::now();
-        let loaded = engine.load_bytes(staged.bytes, format, &key.to_string())?;
+        let mut loaded = engine.load_bytes(staged.bytes.clone(), format, &key.to_string())?;
+        loaded.add_sessions(engine, &staged.bytes, inner.config.sessions_per_model)?;
         let load_ms = started.elapsed().as_secs_f64() * 1e3;
-        let bytes = loaded.footprint_bytes();
+        let bytes = loaded
+            .footprint_bytes()
+            .saturating_add(loaded.extra_session_bytes());
         let team = match self.access() {
             Access::Policy(policy) => {
                 policy.team_for(key.name().as_str(), resolved.manifest.team.as_deref())
@@ -484,13 +490,16 @@ impl ModelService {
         let key = lease.key().clone();
         // The lease is held until the run ends: the model stays alive (and
         // counted) even if it is evicted meanwhile.
-        let outputs =
-            run_inference(move || lease.value().loaded.run(inputs, outputs.as_deref())).await??;
+        let (outputs, queued) =
+            run_inference(move || lease.value().loaded.run_queued(inputs, outputs.as_deref()))
+                .await??;
+        let queue_ms = queued.as_secs_f64() * 1e3;
         Ok(Prediction {
             key,
             outputs,
             load,
-            inference_ms: started.elapsed().as_secs_f64() * 1e3,
+            inference_ms: (started.elapsed().as_secs_f64() * 1e3 - queue_ms).max(0.0),
+            queue_ms,
         })
     }
 

@@ -95,7 +95,7 @@ pub(super) async fn predict(
             .collect::<Result<_, _>>()?,
     };
     let prediction = service.predict(lease, load, inputs, None).await?;
-    record.inference_ms = Some(prediction.inference_ms);
+    record.predicted(&prediction);
     let outputs: Map<String, Value> = prediction
         .outputs
         .iter()

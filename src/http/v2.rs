@@ -276,7 +276,7 @@ async fn infer(
     let prediction = service
         .predict(lease, load, inputs, outputs.names())
         .await?;
-    record.inference_ms = Some(prediction.inference_ms);
+    record.predicted(&prediction);
 
     let mut tail = Vec::new();
     let mut any_binary = false;

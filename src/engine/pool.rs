@@ -1,0 +1,96 @@
+//! A small pool of ONNX Runtime sessions per model, so one hot model can run
+//! as many requests at once as there are sessions (ort's `Session::run` takes
+//! `&mut self`, so one session runs one request at a time).
+//!
+//! Every session of a pool is made from the same verified bytes. For `.ort`
+//! files the extra sessions read their weights from the one mapping the model
+//! already keeps (zero-copy): each costs only its graph and kernel structures.
+//! For `.onnx` each session holds its own copy of the weights. Either way the
+//! extra sessions are measured when they are made (anonymous RSS growth under
+//! the process-wide load lock) and reported by
+//! [`LoadedModel::extra_session_bytes`](super::LoadedModel::extra_session_bytes),
+//! which the cache charges on top of the first session's footprint.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
+use std::time::{Duration, Instant};
+
+use ort::session::Session;
+
+use super::{Engine, EngineError, LOAD_LOCK, ModelFormat, anon_rss_bytes};
+
+/// The sessions of one model. Each is behind its own lock: a run takes the
+/// first free one, starting after the one the previous run took (so runs
+/// spread over the pool), and waits only when every session is busy.
+pub(super) struct SessionPool {
+    sessions: Vec<Mutex<Session>>,
+    /// Where the next run starts looking: a hint, so `Relaxed` is enough.
+    next: AtomicUsize,
+}
+
+impl SessionPool {
+    pub(super) fn new(first: Session) -> SessionPool {
+        SessionPool {
+            sessions: vec![Mutex::new(first)],
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// A session to run on, and how long this run waited for it (0 when one
+    /// was free). A lock poisoned by a panic in an earlier run is taken
+    /// anyway: ort's session holds no state of ours that a panic could break.
+    pub(super) fn acquire(&self) -> (MutexGuard<'_, Session>, Duration) {
+        let count = self.sessions.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % count;
+        for offset in 0..count {
+            match self.sessions[(start + offset) % count].try_lock() {
+                Ok(session) => return (session, Duration::ZERO),
+                Err(TryLockError::Poisoned(poisoned)) => {
+                    return (poisoned.into_inner(), Duration::ZERO);
+                }
+                Err(TryLockError::WouldBlock) => {}
+            }
+        }
+        let waited = Instant::now();
+        let session = self.sessions[start]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        (session, waited.elapsed())
+    }
+
+    /// Adds sessions made from `model_bytes` until the pool holds `target`,
+    /// and returns the anonymous memory they added (see the module doc). For
+    /// `.onnx`, at least the file's size per session: each holds its own copy
+    /// of the weights, and a smaller growth only means the allocator reused
+    /// memory freed earlier.
+    pub(super) fn grow(
+        &mut self,
+        engine: &Engine,
+        model_bytes: &[u8],
+        format: ModelFormat,
+        target: usize,
+    ) -> Result<u64, EngineError> {
+        let adding = target.saturating_sub(self.sessions.len());
+        if adding == 0 {
+            return Ok(0);
+        }
+        let _serialised = LOAD_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = anon_rss_bytes();
+        for _ in 0..adding {
+            let session = engine.create_session(model_bytes, format)?;
+            self.sessions.push(Mutex::new(session));
+        }
+        let grown = before
+            .zip(anon_rss_bytes())
+            .map(|(before, after)| after.saturating_sub(before))
+            .unwrap_or(0);
+        Ok(match format {
+            ModelFormat::Ort => grown,
+            ModelFormat::Onnx => grown.max(model_bytes.len() as u64 * adding as u64),
+        })
+    }
+}
