@@ -609,6 +609,38 @@ mod tests {
     }
 
     #[test]
+    fn sessions_per_model_and_the_metrics_model_dimension() {
+        let local = |cpus| Host {
+            cpus,
+            ..Host::default()
+        };
+        // One request at a time per Lambda instance: one session.
+        let config = Config::resolve_with(&args(&[]), &lambda_host(10240, 6));
+        assert_eq!(config.sessions_per_model, 1);
+        assert_eq!(config.metrics_model_dimension, ModelDimension::Version);
+        // Elsewhere one per CPU, at most 4 unless asked.
+        assert_eq!(
+            Config::resolve_with(&args(&[]), &local(2)).sessions_per_model,
+            2
+        );
+        assert_eq!(
+            Config::resolve_with(&args(&[]), &local(16)).sessions_per_model,
+            4
+        );
+        let flags = [
+            "--sessions-per-model",
+            "8",
+            "--metrics-model-dimension",
+            "name",
+        ];
+        let config = Config::resolve_with(&args(&flags), &local(2));
+        assert_eq!(config.sessions_per_model, 8);
+        assert_eq!(config.metrics_model_dimension, ModelDimension::Name);
+        let zero = Config::resolve_with(&args(&["--sessions-per-model", "0"]), &local(2));
+        assert_eq!(zero.sessions_per_model, 2, "0 means the default");
+    }
+
+    #[test]
     fn every_flag_has_its_env_twin() {
         use clap::CommandFactory;
         let cli = Cli::command();

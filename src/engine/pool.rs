@@ -94,3 +94,74 @@ impl SessionPool {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::super::{EngineConfig, LoadedModel, find_library};
+    use super::*;
+
+    fn load(file: &str) -> (Engine, LoadedModel, PathBuf) {
+        let explicit = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from);
+        let engine = Engine::init(&EngineConfig {
+            dylib_path: find_library(explicit.as_deref()).unwrap(),
+            intra_threads: 1,
+        })
+        .unwrap();
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/models")
+            .join(file);
+        let format = ModelFormat::from_file_name(file).unwrap();
+        let model = engine.load(&path, format).unwrap();
+        (engine, model, path)
+    }
+
+    #[test]
+    fn a_pool_of_two_runs_two_at_once_and_a_pool_of_one_makes_the_second_wait() {
+        let (engine, mut model, _) = load("mlp.ort");
+        let first = model.sessions.acquire().0;
+        // With one session the second run must wait for the first.
+        assert!(model.sessions.sessions[0].try_lock().is_err());
+        drop(first);
+        model.add_sessions(&engine, &[], 2).unwrap();
+        assert_eq!(model.sessions(), 2);
+        // Two held at once, from one thread: a second, different session was free.
+        let (a, waited_a) = model.sessions.acquire();
+        let (b, waited_b) = model.sessions.acquire();
+        assert!(!std::ptr::eq(&*a, &*b));
+        assert_eq!((waited_a, waited_b), (Duration::ZERO, Duration::ZERO));
+        drop((a, b));
+        // Growing to fewer sessions than it has is a no-op and costs nothing more.
+        let charged = model.extra_session_bytes();
+        model.add_sessions(&engine, &[], 1).unwrap();
+        assert_eq!(
+            (model.sessions(), model.extra_session_bytes()),
+            (2, charged)
+        );
+    }
+
+    #[test]
+    fn extra_onnx_sessions_are_charged_their_own_copy_of_the_weights() {
+        let (engine, mut model, path) = load("mlp.onnx");
+        let bytes = std::fs::read(&path).unwrap();
+        model.add_sessions(&engine, &bytes, 3).unwrap();
+        assert_eq!(model.sessions(), 3);
+        assert!(model.extra_session_bytes() >= 2 * bytes.len() as u64);
+        // Every session answers, and the same.
+        let row = || {
+            vec![(
+                "features".to_string(),
+                super::super::Tensor::new(
+                    vec![1, 4],
+                    super::super::TensorData::Fp32(vec![0.5, -1.25, 2.0, 0.75]),
+                )
+                .unwrap(),
+            )]
+        };
+        let answers: Vec<String> = (0..3)
+            .map(|_| format!("{:?}", model.run(row(), None).unwrap()))
+            .collect();
+        assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
+    }
+}
