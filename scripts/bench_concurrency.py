@@ -82,6 +82,11 @@ def drive(client, server, targets, concurrency, seconds, max_requests):
     return result
 
 
+def load_average():
+    """The 1-minute load average: runnable processes competing for the CPUs."""
+    return pathlib.Path("/proc/loadavg").read_text().split()[0]
+
+
 def python_threads(sessions, feeds, concurrency, seconds, max_requests):
     """C threads, thread i calling sessions[i % n].run(feeds[i % n]) in a loop."""
     stop_at = time.monotonic() + seconds
@@ -180,7 +185,8 @@ def main():
             for name in models:
                 check_answer(server, name, bodies[name], py_sessions[name], feeds[name])
         print(f"bench-concurrency: {os.cpu_count()} CPUs, pool of {args.pool} sessions per model, "
-              f"ORT_INTRA_THREADS=1 and intra_op_num_threads=1, {args.seconds:g} s per point")
+              f"ORT_INTRA_THREADS=1 and intra_op_num_threads=1, {args.seconds:g} s per point; "
+              f"load average before: {load_average()}")
         summary = []
         for title, names in scenarios:
             print(f"\n{title}")
@@ -203,7 +209,9 @@ def main():
                       f"one-session {one / base[1]['rps']:.2f}x, python {py / base['python']['rps']:.2f}x")
                 summary.append((title, c, results))
         busiest = max(r[args.pool]["cpus"] for _, _, r in summary)
-        print(f"\nbench-concurrency: the pooled server used up to {busiest:.2f} CPUs "
+        print(f"\nbench-concurrency: load average after: {load_average()} (other processes on these CPUs "
+              "cap what any side can use)")
+        print(f"bench-concurrency: the pooled server used up to {busiest:.2f} CPUs "
               f"(one session per model: up to {max(r[1]['cpus'] for _, _, r in summary):.2f})")
     finally:
         for server in servers.values():

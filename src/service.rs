@@ -452,7 +452,13 @@ impl ModelService {
         let engine = self.engine()?;
         let started = Instant::now();
         let mut loaded = engine.load_bytes(staged.bytes.clone(), format, &key.to_string())?;
-        loaded.add_sessions(engine, &staged.bytes, inner.config.sessions_per_model)?;
+        // Extra sessions only as far as the budget leaves room beside the first.
+        let room = inner
+            .cache
+            .budget()
+            .saturating_sub(loaded.footprint_bytes());
+        let sessions = inner.config.sessions_per_model;
+        loaded.add_sessions(engine, &staged.bytes, sessions, room)?;
         let load_ms = started.elapsed().as_secs_f64() * 1e3;
         let bytes = loaded
             .footprint_bytes()

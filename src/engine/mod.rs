@@ -560,7 +560,9 @@ impl LoadedModel {
     /// are shared, zero-copy); for `.onnx`, from `onnx_bytes`, which must be
     /// the bytes the model was loaded from (each session copies its weights).
     /// What they cost is measured and then told by
-    /// [`LoadedModel::extra_session_bytes`].
+    /// [`LoadedModel::extra_session_bytes`]; a session that would take that
+    /// past `within` bytes is not kept, so the pool may end up smaller than
+    /// asked (the caller passes the room its budget leaves).
     ///
     /// ```
     /// use std::path::Path;
@@ -568,7 +570,7 @@ impl LoadedModel {
     ///
     /// let engine = Engine::init(&EngineConfig { dylib_path: find_library(None)?, intra_threads: 1 })?;
     /// let mut model = engine.load(Path::new("tests/data/models/mlp.ort"), ModelFormat::Ort)?;
-    /// model.add_sessions(&engine, &[], 3)?;
+    /// model.add_sessions(&engine, &[], 3, u64::MAX)?;
     /// assert_eq!(model.sessions(), 3);
     /// let row = Tensor::new(vec![1, 4], TensorData::Fp32(vec![0.5, -1.25, 2.0, 0.75]))?;
     /// let (outputs, _queued) = model.run_queued(vec![("features".into(), row)], None)?;
@@ -580,12 +582,16 @@ impl LoadedModel {
         engine: &Engine,
         onnx_bytes: &[u8],
         sessions: usize,
+        within: u64,
     ) -> Result<(), EngineError> {
         let bytes: &[u8] = match &self._mapping {
             Some(mapping) => mapping,
             None => onnx_bytes,
         };
-        let added = self.sessions.grow(engine, bytes, self.format, sessions)?;
+        let room = within.saturating_sub(self.extra_session_bytes);
+        let added = self
+            .sessions
+            .grow(engine, bytes, self.format, sessions, room)?;
         self.extra_session_bytes = self.extra_session_bytes.saturating_add(added);
         Ok(())
     }

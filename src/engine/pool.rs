@@ -63,35 +63,43 @@ impl SessionPool {
     }
 
     /// Adds sessions made from `model_bytes` until the pool holds `target`,
-    /// and returns the anonymous memory they added (see the module doc). For
-    /// `.onnx`, at least the file's size per session: each holds its own copy
-    /// of the weights, and a smaller growth only means the allocator reused
-    /// memory freed earlier.
+    /// or until the next would take the extra sessions' cost past `within`
+    /// bytes (that session is dropped again: a pool smaller than asked beats a
+    /// model refused as too large). Returns the anonymous memory the kept
+    /// sessions added (see the module doc): for `.onnx`, at least the file's
+    /// size per session, since each holds its own copy of the weights and a
+    /// smaller growth only means the allocator reused memory freed earlier.
     pub(super) fn grow(
         &mut self,
         engine: &Engine,
         model_bytes: &[u8],
         format: ModelFormat,
         target: usize,
+        within: u64,
     ) -> Result<u64, EngineError> {
-        let adding = target.saturating_sub(self.sessions.len());
-        if adding == 0 {
+        if self.sessions.len() >= target {
             return Ok(0);
         }
         let _serialised = LOAD_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
-        let before = anon_rss_bytes();
-        for _ in 0..adding {
+        let mut added = 0u64;
+        while self.sessions.len() < target {
+            let before = anon_rss_bytes();
             let session = engine.create_session(model_bytes, format)?;
+            let grown = before
+                .zip(anon_rss_bytes())
+                .map(|(before, after)| after.saturating_sub(before))
+                .unwrap_or(0);
+            let cost = match format {
+                ModelFormat::Ort => grown,
+                ModelFormat::Onnx => grown.max(model_bytes.len() as u64),
+            };
+            if added.saturating_add(cost) > within {
+                break;
+            }
+            added += cost;
             self.sessions.push(Mutex::new(session));
         }
-        let grown = before
-            .zip(anon_rss_bytes())
-            .map(|(before, after)| after.saturating_sub(before))
-            .unwrap_or(0);
-        Ok(match format {
-            ModelFormat::Ort => grown,
-            ModelFormat::Onnx => grown.max(model_bytes.len() as u64 * adding as u64),
-        })
+        Ok(added)
     }
 }
 
@@ -124,7 +132,7 @@ mod tests {
         // With one session the second run must wait for the first.
         assert!(model.sessions.sessions[0].try_lock().is_err());
         drop(first);
-        model.add_sessions(&engine, &[], 2).unwrap();
+        model.add_sessions(&engine, &[], 2, u64::MAX).unwrap();
         assert_eq!(model.sessions(), 2);
         // Two held at once, from one thread: a second, different session was free.
         let (a, waited_a) = model.sessions.acquire();
@@ -134,7 +142,7 @@ mod tests {
         drop((a, b));
         // Growing to fewer sessions than it has is a no-op and costs nothing more.
         let charged = model.extra_session_bytes();
-        model.add_sessions(&engine, &[], 1).unwrap();
+        model.add_sessions(&engine, &[], 1, u64::MAX).unwrap();
         assert_eq!(
             (model.sessions(), model.extra_session_bytes()),
             (2, charged)
@@ -145,7 +153,10 @@ mod tests {
     fn extra_onnx_sessions_are_charged_their_own_copy_of_the_weights() {
         let (engine, mut model, path) = load("mlp.onnx");
         let bytes = std::fs::read(&path).unwrap();
-        model.add_sessions(&engine, &bytes, 3).unwrap();
+        // No room beside the first session: the pool stays at one, uncharged.
+        model.add_sessions(&engine, &bytes, 3, 0).unwrap();
+        assert_eq!((model.sessions(), model.extra_session_bytes()), (1, 0));
+        model.add_sessions(&engine, &bytes, 3, u64::MAX).unwrap();
         assert_eq!(model.sessions(), 3);
         assert!(model.extra_session_bytes() >= 2 * bytes.len() as u64);
         // Every session answers, and the same.
