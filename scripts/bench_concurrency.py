@@ -83,8 +83,14 @@ def drive(client, server, targets, concurrency, seconds, max_requests):
 
 
 def load_average():
-    """The 1-minute load average: runnable processes competing for the CPUs."""
-    return pathlib.Path("/proc/loadavg").read_text().split()[0]
+    """The 1-minute load average (runnable processes competing for the CPUs),
+    and whether the kernel shares CPU time per session group (autogroup), in
+    which case this run's processes together get one group's share."""
+    load = pathlib.Path("/proc/loadavg").read_text().split()[0]
+    autogroup = pathlib.Path("/proc/sys/kernel/sched_autogroup_enabled")
+    if autogroup.exists() and autogroup.read_text().strip() == "1":
+        return f"{load}, sched_autogroup on"
+    return load
 
 
 def python_threads(sessions, feeds, concurrency, seconds, max_requests):
