@@ -10,7 +10,10 @@ each concurrency (1, 2, 4, 16 by default):
   (default: the CPUs), ORT_INTRA_THREADS=1, driven over loopback HTTP by
   examples/load_client.rs (closed loop: C connections, one request in flight
   each). CPU used is the server process's utime+stime (/proc/PID/stat) over
-  the wall time: 2.0 means two cores busy.
+  the wall time: 2.0 means two cores busy. "queued" is the mean time a
+  request waited for a free session of its model (the server's
+  model_router_queue_seconds, scraped from its admin listener): with one
+  session it is where concurrent requests to one model serialise.
 - Python: onnxruntime InferenceSession (intra_op_num_threads=1), one per
   model, shared by C threads each calling session.run in a loop (no HTTP, no
   JSON: the floor a Python server could reach). CPU used is the process's.
@@ -51,16 +54,30 @@ class Server:
         env = dict(os.environ, MODEL_SESSIONS=str(sessions), ORT_INTRA_THREADS="1",
                    RUST_LOG="error", PRELOAD_MODELS=",".join(preload))
         self.process = subprocess.Popen(
-            [router, "serve", "--addr", "127.0.0.1:0", "--repo", repo, "--staging-dir", staging,
-             "--cache-bytes", "4Gi"],
+            [router, "serve", "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--repo", repo,
+             "--staging-dir", staging, "--cache-bytes", "4Gi"],
             env=env, stdout=subprocess.PIPE, text=True)
         for line in self.process.stdout:
+            admin = re.match(r"model-router admin listening on http://(\S+)", line)
+            if admin:
+                self.admin = admin.group(1)
             match = re.match(r"model-router listening on http://(\S+)", line)
             if match:
                 self.addr = match.group(1)
                 break
         else:
             raise SystemExit("bench-concurrency: the server did not start")
+
+    def queued(self):
+        """Seconds requests waited for a free session, and requests, from /metrics."""
+        with urllib.request.urlopen(f"http://{self.admin}/metrics", timeout=30) as response:
+            text = response.read().decode()
+        total = {"sum": 0.0, "count": 0.0}
+        for line in text.splitlines():
+            match = re.match(r"model_router_queue_seconds_(sum|count)\{[^}]*\} (\S+)$", line)
+            if match:
+                total[match.group(1)] += float(match.group(2))
+        return total["sum"], total["count"]
 
     def close(self):
         self.process.terminate()
@@ -69,6 +86,7 @@ class Server:
 
 def drive(client, server, targets, concurrency, seconds, max_requests):
     before = cpu_seconds(server.process.pid)
+    queued_before = server.queued()
     started = time.monotonic()
     out = subprocess.run(
         [client, "--addr", server.addr, "--concurrency", str(concurrency), "--seconds", str(seconds),
@@ -79,6 +97,8 @@ def drive(client, server, targets, concurrency, seconds, max_requests):
     if result["errors"]:
         raise SystemExit(f"bench-concurrency: {result['errors']} requests failed: {result}")
     result["cpus"] = (cpu_seconds(server.process.pid) - before) / wall
+    waited, count = (after - before for after, before in zip(server.queued(), queued_before))
+    result["queue_ms"] = waited / max(count, 1) * 1e3
     return result
 
 
@@ -140,8 +160,9 @@ def session(path):
 
 
 def row(label, result):
+    queue = f"  queued {result['queue_ms']:.3f} ms/req" if "queue_ms" in result else ""
     return (f"  {label:<22} {result['rps']:>9.1f} req/s  p50 {result['p50_ms']:>8.3f} ms  "
-            f"p99 {result['p99_ms']:>8.3f} ms  CPU {result['cpus']:.2f}")
+            f"p99 {result['p99_ms']:>8.3f} ms  CPU {result['cpus']:.2f}{queue}")
 
 
 def main():
