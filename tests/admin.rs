@@ -33,6 +33,10 @@ impl Drop for Served {
 }
 
 fn serve(root: &Path, sessions: usize) -> Served {
+    serve_with(root, sessions, &[])
+}
+
+fn serve_with(root: &Path, sessions: usize, env: &[(&str, &str)]) -> Served {
     let staging = tempfile::tempdir().unwrap();
     let mut child = Command::new(BIN)
         .args([
@@ -49,6 +53,7 @@ fn serve(root: &Path, sessions: usize) -> Served {
         .args(["--cache-bytes", "256Mi", "--ort-intra-threads", "1"])
         .env("MODEL_SESSIONS", sessions.to_string())
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -280,6 +285,27 @@ async fn the_admin_listener_loads_unloads_reports_and_exports_metrics() {
     assert_eq!(sample(text, "model_router_models_cached"), Some(0.0));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_model_label_follows_metrics_model_dimension() {
+    let root = repository(&[("mlp", "1", "mlp.ort"), ("mlp", "2", "mlp.ort")]);
+    let row = json!({"features": [0.5, -1.25, 2.0, 0.75]});
+    for (dimension, label) in [("name", "mlp"), ("off", "")] {
+        let server = serve_with(root.path(), 1, &[("METRICS_MODEL_DIMENSION", dimension)]);
+        for version in ["1", "2"] {
+            let path = format!("/models/mlp/{version}/predict");
+            assert_eq!(call(server.front, "POST", &path, &row).await.0, 200);
+        }
+        let (_, text) = call(server.admin, "GET", "/metrics", &Value::Null).await;
+        let text = text.as_str().unwrap();
+        let series = format!(
+            r#"model_router_requests_total{{model="{label}",team="",status="200",code=""}}"#
+        );
+        // Both versions roll up into one series.
+        assert_eq!(sample(text, &series), Some(2.0), "{dimension}: {text}");
+        assert!(!text.contains("mlp/1"), "{dimension}: {text}");
+    }
+}
+
 fn run(args: &[&str], paths: &[&Path]) -> (bool, String, String) {
     let mut command = Command::new(BIN);
     command.args(args);
@@ -325,6 +351,32 @@ fn a_triton_repository_is_refused_by_verify_and_imported_in_one_command() {
     assert!(stderr.contains("import-triton"), "{stderr}");
     let (ok, _, stderr) = run(&["verify", "--allow-empty", "--repo"], &[triton.path()]);
     assert!(ok, "{stderr}");
+    // `serve` says so too, and still starts.
+    let mut serving = Command::new(BIN)
+        .args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "text",
+            "--repo",
+        ])
+        .arg(triton.path())
+        .arg("--staging-dir")
+        .arg(triton.path().join(".staging"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let warning = BufReader::new(serving.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .find(|line| line.contains("WARN"));
+    let _ = serving.kill();
+    let _ = serving.wait();
+    let warning = warning.expect("serve warns about the empty repository");
+    assert!(warning.contains("import-triton"), "{warning}");
 
     let ours = tempfile::tempdir().unwrap();
     let repo = ours.path().join("repo");
