@@ -133,6 +133,18 @@ async fn the_admin_listener_loads_unloads_reports_and_exports_metrics() {
         );
     }
 
+    let (status, wrong) = call(admin, "GET", "/v2/repository/index", &Value::Null).await;
+    assert_eq!(
+        (status, wrong["code"].as_str()),
+        (405, Some("method_not_allowed")),
+        "{wrong}"
+    );
+    let (status, unknown) = call(admin, "GET", "/admin/nothing", &Value::Null).await;
+    assert_eq!(
+        (status, unknown["code"].as_str()),
+        (404, Some("route_not_found"))
+    );
+
     // Triton's load: the latest version.
     let (status, loaded) = call(
         admin,

@@ -61,6 +61,7 @@ pub async fn serve_admin(
         .route("/admin/status", get(status))
         .route("/metrics", get(prometheus))
         .fallback(not_found)
+        .method_not_allowed_fallback(wrong_method)
         .with_state(AdminState { service, metrics });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
@@ -160,6 +161,22 @@ async fn prometheus(State(state): State<AdminState>) -> Response {
         ),
     );
     response
+}
+
+/// Every admin route takes one method: POST for actions, GET for reads.
+async fn wrong_method(request: axum::extract::Request) -> Response {
+    let path = request.uri().path().to_string();
+    let allowed = if path == "/metrics" || path == "/admin/status" {
+        "GET"
+    } else {
+        "POST"
+    };
+    let error = RequestError::MethodNotAllowed {
+        method: request.method().to_string(),
+        path,
+        allowed,
+    };
+    failed(&error.into())
 }
 
 async fn not_found(request: axum::extract::Request) -> Response {
