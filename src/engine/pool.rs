@@ -11,28 +11,62 @@
 //! [`LoadedModel::extra_session_bytes`](super::LoadedModel::extra_session_bytes),
 //! which the cache charges on top of the first session's footprint.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
+use std::ops::{Deref, DerefMut};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use ort::session::Session;
 
 use super::{Engine, EngineError, LOAD_LOCK, ModelFormat, anon_rss_bytes};
 
-/// The sessions of one model. Each is behind its own lock: a run takes the
-/// first free one, starting after the one the previous run took (so runs
-/// spread over the pool), and waits only when every session is busy.
+/// The sessions of one model. A run takes a free one, and waits only when
+/// every session is busy, for whichever is given back first.
 pub(super) struct SessionPool {
+    /// Each behind its own lock, only ever taken by the run that holds its
+    /// index from `free`: uncontended, it is there because `run` needs `&mut`.
     sessions: Vec<Mutex<Session>>,
-    /// Where the next run starts looking: a hint, so `Relaxed` is enough.
-    next: AtomicUsize,
+    /// Indices of the sessions no run holds. Locked only to take or give back
+    /// an index (never during a run).
+    free: Mutex<Vec<usize>>,
+    /// Signalled each time an index is given back.
+    given_back: Condvar,
+}
+
+/// A session taken from the pool for one run; given back when dropped.
+pub(super) struct PooledSession<'a> {
+    pool: &'a SessionPool,
+    index: usize,
+    /// Released just after the index is given back (fields drop after
+    /// `Drop::drop`): a run that takes that index at once waits only that long.
+    session: MutexGuard<'a, Session>,
+}
+
+impl Deref for PooledSession<'_> {
+    type Target = Session;
+    fn deref(&self) -> &Session {
+        &self.session
+    }
+}
+
+impl DerefMut for PooledSession<'_> {
+    fn deref_mut(&mut self) -> &mut Session {
+        &mut self.session
+    }
+}
+
+impl Drop for PooledSession<'_> {
+    fn drop(&mut self) {
+        self.pool.lock_free().push(self.index);
+        self.pool.given_back.notify_one();
+    }
 }
 
 impl SessionPool {
     pub(super) fn new(first: Session) -> SessionPool {
         SessionPool {
             sessions: vec![Mutex::new(first)],
-            next: AtomicUsize::new(0),
+            free: Mutex::new(vec![0]),
+            given_back: Condvar::new(),
         }
     }
 
@@ -40,26 +74,37 @@ impl SessionPool {
         self.sessions.len()
     }
 
-    /// A session to run on, and how long this run waited for it (0 when one
-    /// was free). A lock poisoned by a panic in an earlier run is taken
-    /// anyway: ort's session holds no state of ours that a panic could break.
-    pub(super) fn acquire(&self) -> (MutexGuard<'_, Session>, Duration) {
-        let count = self.sessions.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % count;
-        for offset in 0..count {
-            match self.sessions[(start + offset) % count].try_lock() {
-                Ok(session) => return (session, Duration::ZERO),
-                Err(TryLockError::Poisoned(poisoned)) => {
-                    return (poisoned.into_inner(), Duration::ZERO);
-                }
-                Err(TryLockError::WouldBlock) => {}
+    /// A poisoned lock is taken anyway: the list of indices stays whole
+    /// whatever panicked, and ort's session holds no state of ours.
+    fn lock_free(&self) -> MutexGuard<'_, Vec<usize>> {
+        self.free.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A free session to run on, and how long this run waited for one (0
+    /// when one was free).
+    pub(super) fn acquire(&self) -> (PooledSession<'_>, Duration) {
+        let mut free = self.lock_free();
+        let mut waited = None;
+        let index = loop {
+            if let Some(index) = free.pop() {
+                break index;
             }
-        }
-        let waited = Instant::now();
-        let session = self.sessions[start]
+            waited.get_or_insert_with(Instant::now);
+            free = self
+                .given_back
+                .wait(free)
+                .unwrap_or_else(PoisonError::into_inner);
+        };
+        drop(free);
+        let session = self.sessions[index]
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        (session, waited.elapsed())
+        let pooled = PooledSession {
+            pool: self,
+            index,
+            session,
+        };
+        (pooled, waited.map(|t| t.elapsed()).unwrap_or_default())
     }
 
     /// Adds sessions made from `model_bytes` until the pool holds `target`,
@@ -98,6 +143,8 @@ impl SessionPool {
             }
             added += cost;
             self.sessions.push(Mutex::new(session));
+            let index = self.sessions.len() - 1;
+            self.lock_free().push(index);
         }
         Ok(added)
     }
@@ -129,17 +176,25 @@ mod tests {
     fn a_pool_of_two_runs_two_at_once_and_a_pool_of_one_makes_the_second_wait() {
         let (engine, mut model, _) = load("mlp.ort");
         let first = model.sessions.acquire().0;
-        // With one session the second run must wait for the first.
-        assert!(model.sessions.sessions[0].try_lock().is_err());
+        // With one session none is free while a run holds it: the next waits.
+        assert!(model.sessions.lock_free().is_empty());
         drop(first);
+        assert_eq!(*model.sessions.lock_free(), [0]);
         model.add_sessions(&engine, &[], 2, u64::MAX).unwrap();
         assert_eq!(model.sessions(), 2);
         // Two held at once, from one thread: a second, different session was free.
         let (a, waited_a) = model.sessions.acquire();
         let (b, waited_b) = model.sessions.acquire();
-        assert!(!std::ptr::eq(&*a, &*b));
+        assert_ne!(a.index, b.index);
         assert_eq!((waited_a, waited_b), (Duration::ZERO, Duration::ZERO));
-        drop((a, b));
+        // A third run waits for whichever is given back first: here, b.
+        std::thread::scope(|scope| {
+            let third = scope.spawn(|| model.sessions.acquire().0.index);
+            let b_index = b.index;
+            drop(b);
+            assert_eq!(third.join().unwrap(), b_index);
+        });
+        drop(a);
         // Growing to fewer sessions than it has is a no-op and costs nothing more.
         let charged = model.extra_session_bytes();
         model.add_sessions(&engine, &[], 1, u64::MAX).unwrap();
