@@ -47,3 +47,6 @@ scripts/lambda-e2e.sh
 
 section "infrastructure: cfn-lint, sam validate --lint, checkov, hadolint, static checks, invoke policy, binary smoke test"
 MODEL_ROUTER_BIN="$PWD/target/release/model-router" scripts/check-infra.sh
+
+section "Kubernetes: Kustomize base and KServe runtime (rendering, kubernetes-validate, consistency, checkov)"
+scripts/check-kubernetes.sh

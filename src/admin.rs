@@ -1,13 +1,20 @@
-//! Admin events (DESIGN section 4): warm, evict and status. They arrive only as
-//! non-HTTP Lambda invocations (direct invoke or an EventBridge rule) or
-//! through `model-router invoke`; no HTTP route leads here (the Lambda front
-//! door calls [`handle`] only for lambda_http's pass-through events).
+//! Admin events (DESIGN section 4): warm, evict and status. On Lambda they
+//! arrive only as non-HTTP invocations (direct invoke or an EventBridge rule)
+//! or through `model-router invoke`; no HTTP route of the front door leads
+//! here (the Lambda front door calls [`handle`] only for lambda_http's
+//! pass-through events). `serve --admin-addr` has a listener of its own
+//! (src/http/admin.rs) that calls these same functions: [`handle`], and
+//! Triton's model repository extension ([`repository_index`], [`load`],
+//! [`unload`]), which are warm and evict by model name.
 
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::cache::CacheOutcome;
+use crate::engine::EngineError;
+use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::repository::ModelKey;
+use crate::repository::{ModelKey, ModelName};
 use crate::service::{ModelService, WarmFailure, Warmed};
 
 #[derive(Debug, Deserialize)]
@@ -63,16 +70,11 @@ pub async fn handle(service: &ModelService, metrics: &Metrics, event: &Value) ->
     };
     match event {
         AdminEvent::Warm { models } => {
-            let (warmed, failed) = service.warm(&models).await;
-            let loaded = loaded_bytes(&warmed);
-            let names = warmed.into_iter().map(|w| w.model).collect();
-            let (warmed, failed) = report_what_did_not_fit(service, names, failed);
-            metrics.record_warm(service, &loaded, &failed);
+            let (warmed, failed) = warm(service, metrics, &models).await;
             json!({ "warmed": warmed, "failed": failed })
         }
         AdminEvent::Evict { models } => {
-            let evicted = service.evict(&models);
-            metrics.record_gauges((&service.cache_status()).into());
+            let evicted = evict(service, metrics, &models);
             json!({ "evicted": evicted })
         }
         AdminEvent::Status {} => {
@@ -80,6 +82,99 @@ pub async fn handle(service: &ModelService, metrics: &Metrics, event: &Value) ->
             status(service)
         }
     }
+}
+
+/// The `warm` action: loads each `name/version`, records what it loaded, and
+/// returns the models now cached and the failures (with `did_not_fit`).
+async fn warm(
+    service: &ModelService,
+    metrics: &Metrics,
+    models: &[String],
+) -> (Vec<String>, Vec<WarmFailure>) {
+    let (warmed, failed) = service.warm(models).await;
+    let loaded = loaded_bytes(&warmed);
+    let names = warmed.into_iter().map(|w| w.model).collect();
+    let (warmed, failed) = report_what_did_not_fit(service, names, failed);
+    metrics.record_warm(service, &loaded, &failed);
+    (warmed, failed)
+}
+
+/// The `evict` action: the models that were cached, now evicted.
+fn evict(service: &ModelService, metrics: &Metrics, models: &[String]) -> Vec<String> {
+    let evicted = service.evict(models);
+    metrics.record_gauges((&service.cache_status()).into());
+    evicted
+}
+
+/// Triton's `POST /v2/repository/index`: every version in the repository,
+/// `READY` when it is in memory, else `UNAVAILABLE` (reason `unloaded`);
+/// with `ready_only`, the cached ones only.
+pub async fn repository_index(
+    service: &ModelService,
+    ready_only: bool,
+) -> Result<Vec<Value>, Error> {
+    let repository = service.repository().clone();
+    let listing = tokio::task::spawn_blocking(move || repository.list())
+        .await
+        .map_err(|e| Error::Engine(EngineError::Inference(e.to_string())))??;
+    let mut index = Vec::new();
+    for (name, versions) in listing {
+        for version in versions {
+            let ready = ModelKey::new(&name, &version).is_ok_and(|key| service.is_cached(&key));
+            if ready {
+                index.push(
+                    json!({"name": name, "version": version, "state": "READY", "reason": ""}),
+                );
+            } else if !ready_only {
+                index.push(json!({"name": name, "version": version, "state": "UNAVAILABLE", "reason": "unloaded"}));
+            }
+        }
+    }
+    Ok(index)
+}
+
+/// Triton's `POST /v2/repository/models/{name}/load`: warms the version
+/// `latest` resolves to (Triton's default version policy, the latest one).
+/// Returns that version; a failure is the load's own error.
+pub async fn load(service: &ModelService, metrics: &Metrics, name: &str) -> Result<String, Error> {
+    let model_name = ModelName::new(name)?;
+    let repository = service.repository().clone();
+    let resolved = tokio::task::spawn_blocking(move || repository.resolve(&model_name, "latest"))
+        .await
+        .map_err(|e| Error::Engine(EngineError::Inference(e.to_string())))??;
+    let spec = resolved.key.to_string();
+    match service.load_key(&resolved.key).await {
+        Ok((_, info)) => {
+            let loaded =
+                (info.outcome != CacheOutcome::Hit).then(|| (spec.clone(), info.model_bytes));
+            metrics.record_warm(service, loaded.as_slice(), &[]);
+            Ok(spec)
+        }
+        Err(error) => {
+            let failure = WarmFailure {
+                model: spec,
+                code: error.code(),
+                error: error.to_string(),
+            };
+            metrics.record_warm(service, &[], &[failure]);
+            Err(error)
+        }
+    }
+}
+
+/// Triton's `POST /v2/repository/models/{name}/unload`: evicts every cached
+/// version of `name`; returns those it evicted (none is not an error).
+pub fn unload(service: &ModelService, metrics: &Metrics, name: &str) -> Result<Vec<String>, Error> {
+    ModelName::new(name)?;
+    let prefix = format!("{name}/");
+    let cached: Vec<String> = service
+        .cache_status()
+        .entries
+        .into_iter()
+        .map(|entry| entry.model)
+        .filter(|model| model.starts_with(&prefix))
+        .collect();
+    Ok(evict(service, metrics, &cached))
 }
 
 /// Warming more than the budget holds evicts the earliest models again: those

@@ -35,6 +35,11 @@ pub enum Command {
         trust_identity_headers: bool,
         #[command(flatten)]
         clients: ClientLimits,
+        /// Address of the admin listener (Triton's model repository API,
+        /// warm/evict/status, Prometheus `/metrics`); off unless set. It has no
+        /// authentication: never expose it to tenants (README "Admin listener").
+        #[arg(long, env = "MODEL_ROUTER_ADMIN_ADDR")]
+        admin_addr: Option<String>,
     },
     /// Send one Lambda event (any event source, or an admin event) through the
     /// handler and print the Lambda-shaped response.
@@ -68,6 +73,22 @@ pub enum Command {
         /// Only this model.
         #[arg(long)]
         name: Option<String>,
+        /// Exit 0 even when the repository holds no published version (by
+        /// default an empty repository is an error: usually a wrong path, or
+        /// a repository in another layout, such as Triton's).
+        #[arg(long, env = "VERIFY_ALLOW_EMPTY")]
+        allow_empty: bool,
+    },
+    /// Publish every ONNX model of a Triton model repository
+    /// (`DIR/<model>/<version>/model.onnx`) into this repository, each with
+    /// its manifest; versions already published with the same bytes are skipped.
+    #[command(name = "import-triton")]
+    ImportTriton {
+        /// The Triton model repository.
+        #[arg(env = "TRITON_REPOSITORY")]
+        dir: PathBuf,
+        #[arg(long = "repo", env = "MODEL_ROOT")]
+        repo: PathBuf,
     },
     /// Run the AWS Lambda runtime loop.
     Lambda {
@@ -133,6 +154,40 @@ pub enum MetricsMode {
     Off,
 }
 
+/// What the per-model metric dimension (EMF `Model`, Prometheus `model`)
+/// holds. CloudWatch bills each distinct dimension set as one custom metric,
+/// so `version` costs a set of metrics per model version that gets traffic,
+/// `name` one per model, and `off` none (docs/metrics.md has the arithmetic).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelDimension {
+    /// `name/version` (the default: what the metrics always had).
+    #[default]
+    Version,
+    /// The model's name only: versions roll up.
+    Name,
+    /// No per-model dimension: metrics by function (and team) only.
+    Off,
+}
+
+impl ModelDimension {
+    /// The dimension's value for the model `spec` (`name/version`).
+    ///
+    /// ```
+    /// use model_router::config::ModelDimension;
+    /// assert_eq!(ModelDimension::Version.of("ranker/3").as_deref(), Some("ranker/3"));
+    /// assert_eq!(ModelDimension::Name.of("ranker/3").as_deref(), Some("ranker"));
+    /// assert_eq!(ModelDimension::Off.of("ranker/3"), None);
+    /// ```
+    pub fn of(self, spec: &str) -> Option<String> {
+        match self {
+            ModelDimension::Version => Some(spec.to_string()),
+            ModelDimension::Name => Some(spec.split('/').next().unwrap_or(spec).to_string()),
+            ModelDimension::Off => None,
+        }
+    }
+}
+
 /// Flags shared by every command that serves models.
 #[derive(Debug, Clone, Args)]
 pub struct RouterArgs {
@@ -182,6 +237,10 @@ pub struct RouterArgs {
     /// Default: emf on Lambda, off elsewhere (so `invoke` prints only its answer).
     #[arg(long, env = "METRICS")]
     pub metrics: Option<MetricsMode>,
+    /// What the per-model metric dimension holds: `version` (name/version),
+    /// `name`, or `off` (see docs/metrics.md for what each costs in CloudWatch).
+    #[arg(long, env = "METRICS_MODEL_DIMENSION", default_value = "version")]
+    pub metrics_model_dimension: ModelDimension,
     /// How often, at most, the access policy file is checked for changes.
     #[arg(long, env = "POLICY_RELOAD_SECONDS", default_value_t = 5)]
     pub policy_reload_seconds: u64,
@@ -200,6 +259,14 @@ pub struct RouterArgs {
     /// (EFS and NFS answer each read after a network round trip).
     #[arg(long, env = "MODEL_FETCH_READERS", default_value_t = 8)]
     pub fetch_readers: usize,
+    /// ONNX Runtime sessions per loaded model: how many requests to one model
+    /// run at once. Extra sessions of an `.ort` model share its weights (zero
+    /// copy); each extra session of an `.onnx` model holds its own copy. What
+    /// they cost is measured at load and charged to the model in the cache.
+    /// Default: 1 on Lambda (one request at a time per instance), else the
+    /// CPUs available, at most 4.
+    #[arg(long, env = "MODEL_SESSIONS")]
+    pub sessions_per_model: Option<usize>,
     /// The ARN of the Application Load Balancer whose OIDC tokens
     /// (`x-amzn-oidc-data`) are verified and believed when the access policy
     /// says `"alb_oidc": true`. Unset: such tokens are refused (403).
@@ -243,6 +310,8 @@ pub struct Config {
     pub metrics_namespace: String,
     /// METRICS: emf or off.
     pub metrics: MetricsMode,
+    /// METRICS_MODEL_DIMENSION: version, name or off.
+    pub metrics_model_dimension: ModelDimension,
     /// POLICY_RELOAD_SECONDS: the policy file is re-read when it changed, checked this often at most.
     #[serde(with = "seconds")]
     pub policy_reload_interval: std::time::Duration,
@@ -260,11 +329,16 @@ pub struct Config {
     pub alb_oidc_signer: Option<String>,
     /// ALB_OIDC_KEYS_URL: where its public keys are fetched; None: the regional endpoint.
     pub alb_oidc_keys_url: Option<String>,
+    /// MODEL_SESSIONS: ONNX Runtime sessions per loaded model (runs at once on it).
+    pub sessions_per_model: usize,
 }
 
 /// Lambda gives one vCPU per 1769 MB of memory, six at most.
 const LAMBDA_MB_PER_VCPU: u64 = 1769;
 const DEFAULT_CACHE_BYTES: u64 = 1 << 30;
+/// Sessions per model by default outside Lambda: one per CPU, up to this many
+/// (past a few, extra sessions of a hot model mostly cost memory).
+const MAX_DEFAULT_SESSIONS: usize = 4;
 
 /// What the defaults depend on besides the flags: the variables Lambda sets
 /// and the machine. Separate from [`Config::resolve`] so the defaults can be
@@ -421,6 +495,7 @@ impl Config {
             } else {
                 MetricsMode::Off
             }),
+            metrics_model_dimension: args.metrics_model_dimension,
             policy_reload_interval: std::time::Duration::from_secs(args.policy_reload_seconds),
             function_name: host.function_name.clone(),
             resolve_ttl: seconds_or_zero(args.resolve_cache_seconds),
@@ -428,6 +503,13 @@ impl Config {
             fetch_readers: args.fetch_readers.max(1),
             alb_oidc_signer: args.alb_oidc_signer.clone().filter(|s| !s.is_empty()),
             alb_oidc_keys_url: args.alb_oidc_keys_url.clone().filter(|s| !s.is_empty()),
+            sessions_per_model: args.sessions_per_model.filter(|n| *n > 0).unwrap_or(
+                if on_lambda {
+                    1
+                } else {
+                    cpus.min(MAX_DEFAULT_SESSIONS)
+                },
+            ),
         }
     }
 
@@ -448,6 +530,7 @@ impl Config {
             max_request_bytes: 6_000_000,
             metrics_namespace: "ModelRouter".into(),
             metrics: MetricsMode::Off,
+            metrics_model_dimension: ModelDimension::Version,
             policy_reload_interval: std::time::Duration::ZERO,
             function_name: None,
             resolve_ttl: std::time::Duration::ZERO,
@@ -455,6 +538,7 @@ impl Config {
             fetch_readers: 8,
             alb_oidc_signer: None,
             alb_oidc_keys_url: None,
+            sessions_per_model: 1,
         }
     }
 }
@@ -660,6 +744,38 @@ mod tests {
         assert_eq!(config.metrics, MetricsMode::Off);
         let config = Config::resolve_with(&args(&["--metrics", "emf"]), &local);
         assert_eq!(config.metrics, MetricsMode::Emf);
+    }
+
+    #[test]
+    fn sessions_per_model_and_the_metrics_model_dimension() {
+        let local = |cpus| Host {
+            cpus,
+            ..Host::default()
+        };
+        // One request at a time per Lambda instance: one session.
+        let config = Config::resolve_with(&args(&[]), &lambda_host(10240, 6));
+        assert_eq!(config.sessions_per_model, 1);
+        assert_eq!(config.metrics_model_dimension, ModelDimension::Version);
+        // Elsewhere one per CPU, at most 4 unless asked.
+        assert_eq!(
+            Config::resolve_with(&args(&[]), &local(2)).sessions_per_model,
+            2
+        );
+        assert_eq!(
+            Config::resolve_with(&args(&[]), &local(16)).sessions_per_model,
+            4
+        );
+        let flags = [
+            "--sessions-per-model",
+            "8",
+            "--metrics-model-dimension",
+            "name",
+        ];
+        let config = Config::resolve_with(&args(&flags), &local(2));
+        assert_eq!(config.sessions_per_model, 8);
+        assert_eq!(config.metrics_model_dimension, ModelDimension::Name);
+        let zero = Config::resolve_with(&args(&["--sessions-per-model", "0"]), &local(2));
+        assert_eq!(zero.sessions_per_model, 2, "0 means the default");
     }
 
     #[test]

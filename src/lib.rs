@@ -24,11 +24,14 @@
 //! - [`service`]: the one code path from "model name and version" to outputs.
 //! - [`http`]: the routes (simple predict, Open Inference Protocol, listing,
 //!   health), independent of any front door.
-//! - [`admin`]: warm, evict, status (non-HTTP events only).
+//! - [`admin`]: warm, evict, status, and Triton's model repository actions:
+//!   reached from Lambda's non-HTTP events and from `serve`'s admin listener
+//!   ([`http::admin`]), never from the front door's routes.
+//! - [`triton`]: Triton-layout repositories: noticed when served, and imported.
 //! - [`policy`] and [`identity`]: teams, who may call which model, cache shares;
 //!   the caller's identity as AWS authenticated it.
-//! - [`metrics`]: metric names and dimensions, and the CloudWatch Embedded
-//!   Metric Format lines they are written as.
+//! - [`metrics`]: metric names and dimensions, recorded once and exported as
+//!   CloudWatch Embedded Metric Format lines and as Prometheus `/metrics`.
 //! - [`server`] and [`lambda`]: the front doors (local HTTP; Lambda runtime and
 //!   the `invoke` CLI).
 //! - [`logging`]: `tracing` set-up, shared with the publisher binary.
@@ -74,6 +77,7 @@ pub mod policy;
 pub mod repository;
 pub mod server;
 pub mod service;
+pub mod triton;
 
 pub use config::Config;
 pub use error::Error;

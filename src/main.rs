@@ -9,7 +9,7 @@ use model_router::config::{Cli, ClientLimits, Command, Config, LogFormat, Router
 use model_router::logging::init as init_tracing;
 use model_router::metrics::Metrics;
 use model_router::repository::{ModelName, PublishRequest, Repository, verify};
-use model_router::{ModelService, lambda, server};
+use model_router::{ModelService, lambda, server, triton};
 
 fn main() -> ExitCode {
     disable_onnxruntime_telemetry();
@@ -68,15 +68,20 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             addr,
             trust_identity_headers,
             clients,
+            admin_addr,
         } => {
             let (config, runtime) = start(&router)?;
             runtime.block_on(async {
-                Metrics::install(Metrics::from_config(&config));
+                Metrics::install(Metrics::from_config(&config).with_prometheus());
                 let service = build_service(config)?;
+                warn_if_empty(&service);
                 let listener = tokio::net::TcpListener::bind(&addr)
                     .await
                     .with_context(|| format!("binding {addr}"))?;
                 let local = listener.local_addr()?;
+                if let Some(admin_addr) = admin_addr {
+                    start_admin(&admin_addr, &service).await?;
+                }
                 // Before the address is announced: no request arrives mid-preload.
                 // ONNX Runtime starts while the preloads read their files.
                 model_router::admin::preload(&service, &Metrics::global()).await;
@@ -170,9 +175,54 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&manifest)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify { repo, name } => {
+        Command::ImportTriton { dir, repo } => {
+            init_tracing(LogFormat::Text);
+            std::fs::create_dir_all(&repo)
+                .with_context(|| format!("creating {}", repo.display()))?;
+            let repository = Repository::open(&repo)?;
+            let outcomes = triton::import(&repository, &dir)
+                .with_context(|| format!("reading the Triton repository {}", dir.display()))?;
+            let mut failures = 0;
+            for outcome in &outcomes {
+                match outcome {
+                    triton::Imported::Published(key) => println!("published {key}"),
+                    triton::Imported::AlreadyThere(key) => println!("unchanged {key}"),
+                    triton::Imported::Failed { model, error } => {
+                        failures += 1;
+                        println!("FAILED    {model}: {error}");
+                    }
+                }
+            }
+            println!(
+                "{} ONNX model versions found, {failures} failed",
+                outcomes.len()
+            );
+            Ok(if failures == 0 && !outcomes.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Verify {
+            repo,
+            name,
+            allow_empty,
+        } => {
             init_tracing(LogFormat::Text);
             let repository = Repository::open(&repo)?;
+            let empty = name
+                .is_none()
+                .then(|| triton::empty_repository_warning(&repository))
+                .flatten();
+            if let Some(warning) = &empty {
+                eprintln!("model-router: warning: {warning}");
+                if !allow_empty {
+                    eprintln!(
+                        "model-router: an empty repository fails verify; pass --allow-empty if it may be empty"
+                    );
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
             let name = name.as_deref().map(ModelName::new).transpose()?;
             let reports = verify(&repository, name.as_ref())?;
             let mut failures = 0;
@@ -193,6 +243,40 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// Logs a warning when the repository holds no published version (a wrong
+/// path, or a Triton-layout repository that needs `import-triton`).
+fn warn_if_empty(service: &ModelService) {
+    if let Some(warning) = triton::empty_repository_warning(service.repository()) {
+        tracing::warn!("{warning}");
+    }
+}
+
+/// Binds the admin listener and serves it in the background (it stops with
+/// the process). Announced on stdout like the main address.
+async fn start_admin(addr: &str, service: &ModelService) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the admin listener {addr}"))?;
+    let local = listener.local_addr()?;
+    if !local.ip().is_loopback() {
+        tracing::warn!(%local, "the admin listener is not on loopback: it has no authentication, so only operators and the metrics scraper may reach this address, never tenants");
+    }
+    println!("model-router admin listening on http://{local}");
+    tracing::info!(%local, "admin listening");
+    let serving = model_router::http::admin::serve_admin(
+        listener,
+        service.clone(),
+        Metrics::global(),
+        std::future::pending(),
+    );
+    tokio::spawn(async move {
+        if let Err(error) = serving.await {
+            tracing::error!(%error, "the admin listener stopped");
+        }
+    });
+    Ok(())
 }
 
 /// Resolves the configuration, starts logging and the async runtime, and logs

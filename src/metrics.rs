@@ -15,6 +15,17 @@
 //! written per `Team` whenever a team's usage can have changed (a load, a warm). A model name a caller typed is only a dimension once the repository
 //! knew it: otherwise every misspelt name would become a new CloudWatch metric
 //! (each one billed), and a caller could create them at will.
+//!
+//! What `Model` holds is METRICS_MODEL_DIMENSION's choice ([`ModelDimension`]):
+//! `name/version` (the default), the name alone, or nothing (CloudWatch bills
+//! each distinct dimension set as a custom metric; docs/metrics.md has the cost).
+//!
+//! Recorded once, exported twice: each request's figures are computed here,
+//! once, and go both to the EMF line and, when [`Metrics::with_prometheus`]
+//! asked for it (`serve`), to the Prometheus families of [`prometheus`], which
+//! the admin listener serves as `GET /metrics` ([`Metrics::prometheus_text`]).
+
+mod prometheus;
 
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::cache::{CacheOutcome, CacheStatus};
-use crate::config::{Config, MetricsMode};
+use crate::config::{Config, MetricsMode, ModelDimension};
 use crate::service::{LoadInfo, ModelService, WarmFailure};
 
 /// A CloudWatch unit, as EMF spells it.
@@ -179,6 +190,10 @@ impl Sink for Capture {
 #[derive(Clone, Default)]
 pub struct Metrics {
     emitter: Option<Arc<Emitter>>,
+    /// The Prometheus families, when this process serves `/metrics`.
+    prometheus: Option<Arc<prometheus::Prometheus>>,
+    /// What the per-model dimension (EMF) and label (Prometheus) hold.
+    model_dimension: ModelDimension,
 }
 
 struct Emitter {
@@ -207,15 +222,40 @@ impl Metrics {
                 sink: Box::new(sink),
                 evictions_seen: AtomicU64::new(0),
             })),
+            prometheus: None,
+            model_dimension: ModelDimension::default(),
         }
     }
 
-    /// What the configuration asks for: EMF on stdout (METRICS=emf), or nothing.
+    /// These metrics, also counted for Prometheus (see [`Metrics::prometheus_text`]).
+    pub fn with_prometheus(mut self) -> Metrics {
+        self.prometheus = Some(Arc::default());
+        self
+    }
+
+    /// These metrics, with `Model` holding what `by` says.
+    pub fn with_model_dimension(mut self, by: ModelDimension) -> Metrics {
+        self.model_dimension = by;
+        self
+    }
+
+    /// The Prometheus text exposition of everything recorded so far, with the
+    /// service's cache and staging figures as they are now; `None` unless
+    /// [`Metrics::with_prometheus`] turned it on (tests/admin.rs scrapes it
+    /// from a real server).
+    pub fn prometheus_text(&self, service: &ModelService) -> Option<String> {
+        let prometheus = self.prometheus.as_ref()?;
+        Some(prometheus.render(service.cache_status(), service.staging_stats()))
+    }
+
+    /// What the configuration asks for: EMF on stdout (METRICS=emf), or
+    /// nothing; `Model` as METRICS_MODEL_DIMENSION says.
     pub fn from_config(config: &Config) -> Metrics {
-        match config.metrics {
+        let metrics = match config.metrics {
             MetricsMode::Emf => Metrics::with_sink(config, Stdout),
             MetricsMode::Off => Metrics::disabled(),
-        }
+        };
+        metrics.with_model_dimension(config.metrics_model_dimension)
     }
 
     /// EMF lines to `sink`, with the configuration's namespace and function name.
@@ -241,6 +281,7 @@ impl Metrics {
         GLOBAL.get().cloned().unwrap_or_default()
     }
 
+    /// Whether EMF lines are written.
     pub fn is_enabled(&self) -> bool {
         self.emitter.is_some()
     }
@@ -248,11 +289,24 @@ impl Metrics {
     /// Records one HTTP request: its metrics and the gauges on one line, and,
     /// when it failed, one more line counting `Errors` by `Code`.
     pub fn record_request(&self, service: &ModelService, request: &RequestMetrics<'_>) {
+        let model = request.model_dimension(self.model_dimension);
+        let load = request.load;
+        let own_load = load.filter(|l| l.outcome == CacheOutcome::Miss);
+        if let Some(prometheus) = &self.prometheus {
+            prometheus.observe(&prometheus::Observation {
+                model: model.as_deref(),
+                team: request.team,
+                status: request.status,
+                code: request.code,
+                cache: load.map(|l| l.outcome.as_str()),
+                load_seconds: own_load.map(|l| (l.load_ms / 1e3, l.stage_ms / 1e3)),
+                queue_seconds: request.queue_ms.map(|ms| ms / 1e3),
+                inference_seconds: request.inference_ms.map(|ms| ms / 1e3),
+            });
+        }
         let Some(emitter) = &self.emitter else {
             return;
         };
-        let model = request.model_dimension();
-        let load = request.load;
         let mut values = vec![
             (REQUESTS, 1.0),
             (ERRORS, flag(request.code.is_some())),
@@ -264,7 +318,7 @@ impl Metrics {
         if let Some(load) = load {
             values.push((CACHE_HIT, flag(load.outcome == CacheOutcome::Hit)));
             values.push((CACHE_MISS, flag(load.outcome != CacheOutcome::Hit)));
-            if load.outcome == CacheOutcome::Miss {
+            if own_load.is_some() {
                 values.push((MODEL_LOAD_MS, load.load_ms));
                 values.push((STAGE_MS, load.stage_ms));
                 values.push((MODEL_BYTES, load.model_bytes as f64));
@@ -325,14 +379,22 @@ impl Metrics {
             return;
         };
         for (model, bytes) in loaded {
-            let mut line = emitter.line(Some(model));
-            line.directive(&model_dimensions(true), &[(MODEL_BYTES, *bytes as f64)]);
+            let model = self.model_dimension.of(model);
+            let mut line = emitter.line(model.as_deref());
+            line.directive(
+                &model_dimensions(model.is_some()),
+                &[(MODEL_BYTES, *bytes as f64)],
+            );
             emitter.write(line);
         }
         for failure in failed.iter().filter(|f| f.code == "checksum_mismatch") {
             // The model was found (its file did not match): a bounded dimension.
-            let mut line = emitter.line(Some(&failure.model));
-            line.directive(&model_dimensions(true), &[(CHECKSUM_FAILURES, 1.0)]);
+            let model = self.model_dimension.of(&failure.model);
+            let mut line = emitter.line(model.as_deref());
+            line.directive(
+                &model_dimensions(model.is_some()),
+                &[(CHECKSUM_FAILURES, 1.0)],
+            );
             emitter.write(line);
         }
         let cache = service.cache_status();
@@ -391,20 +453,23 @@ pub struct RequestMetrics<'a> {
     pub team: Option<&'a str>,
     pub load: Option<LoadInfo>,
     pub inference_ms: Option<f64>,
+    /// Waiting for a free session of the model.
+    pub queue_ms: Option<f64>,
     pub status: u16,
     /// The error code when the answer is an error.
     pub code: Option<&'static str>,
 }
 
 impl RequestMetrics<'_> {
-    /// `name/version` when it is safe as a dimension (see the module doc).
-    fn model_dimension(&self) -> Option<String> {
+    /// The `Model` dimension, as `by` says, when it is safe as a dimension
+    /// (see the module doc).
+    fn model_dimension(&self, by: ModelDimension) -> Option<String> {
         let (name, version) = self.model?;
         let known = self.load.is_some()
             || self
                 .code
                 .is_some_and(|code| CODES_OF_KNOWN_MODELS.contains(&code));
-        known.then(|| format!("{name}/{version}"))
+        known.then(|| by.of(&format!("{name}/{version}"))).flatten()
     }
 }
 
@@ -605,25 +670,34 @@ mod tests {
             team: None,
             load: None,
             inference_ms: None,
+            queue_ms: None,
             status: 404,
             code: Some("model_not_found"),
         };
-        assert_eq!(typed.model_dimension(), None);
+        assert_eq!(typed.model_dimension(ModelDimension::Version), None);
         let invalid_before_load = RequestMetrics {
             code: Some("invalid_json"),
             status: 400,
             ..typed
         };
-        assert_eq!(invalid_before_load.model_dimension(), None);
+        assert_eq!(
+            invalid_before_load.model_dimension(ModelDimension::Version),
+            None
+        );
         let corrupted = RequestMetrics {
             code: Some("checksum_mismatch"),
             status: 500,
             ..typed
         };
         assert_eq!(
-            corrupted.model_dimension().as_deref(),
+            corrupted
+                .model_dimension(ModelDimension::Version)
+                .as_deref(),
             Some("no-such-model/1")
         );
+        let by_name = corrupted.model_dimension(ModelDimension::Name);
+        assert_eq!(by_name.as_deref(), Some("no-such-model"));
+        assert_eq!(corrupted.model_dimension(ModelDimension::Off), None);
     }
 
     #[test]

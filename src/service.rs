@@ -60,10 +60,13 @@ pub struct Prediction {
     pub key: ModelKey,
     pub outputs: Vec<(String, OutputValue)>,
     pub load: LoadInfo,
+    /// Running the model, without the wait for a free session.
     pub inference_ms: f64,
     /// The request memory its tensors and response are counted in; held
     /// until the prediction (and the response made from it) is dropped.
     pub memory: Reservation,
+    /// Waiting for a free session of the model's pool (0 when one was free).
+    pub queue_ms: f64,
 }
 
 /// A model a warm (or preload) got into the cache.
@@ -538,9 +541,18 @@ impl ModelService {
         // Usually started long ago; at a cold start, while the file was read.
         let engine = self.engine()?;
         let started = Instant::now();
-        let loaded = engine.load_bytes(staged.bytes, format, &key.to_string())?;
+        let mut loaded = engine.load_bytes(staged.bytes.clone(), format, &key.to_string())?;
+        // Extra sessions only as far as the budget leaves room beside the first.
+        let room = inner
+            .cache
+            .budget()
+            .saturating_sub(loaded.footprint_bytes());
+        let sessions = inner.config.sessions_per_model;
+        loaded.add_sessions(engine, &staged.bytes, sessions, room)?;
         let load_ms = started.elapsed().as_secs_f64() * 1e3;
-        let bytes = loaded.footprint_bytes();
+        let bytes = loaded
+            .footprint_bytes()
+            .saturating_add(loaded.extra_session_bytes());
         let team = match self.access() {
             Access::Policy(policy) => {
                 policy.team_for(key.name().as_str(), resolved.manifest.team.as_deref())
@@ -605,13 +617,15 @@ impl ModelService {
         if let Some(refused) = memory.take_refusal() {
             return Err(refused.into());
         }
-        let outputs = outputs?;
+        let (outputs, queued) = outputs?;
+        let queue_ms = queued.as_secs_f64() * 1e3;
         Ok(Prediction {
             key,
             outputs,
             load,
-            inference_ms: started.elapsed().as_secs_f64() * 1e3,
+            inference_ms: (started.elapsed().as_secs_f64() * 1e3 - queue_ms).max(0.0),
             memory,
+            queue_ms,
         })
     }
 

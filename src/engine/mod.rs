@@ -24,6 +24,7 @@
 mod arena;
 mod convert;
 mod footprint;
+mod pool;
 pub mod tensor;
 
 #[cfg(test)]
@@ -388,7 +389,8 @@ impl Engine {
             ModelFormat::Onnx => None,
         };
         let mut model = LoadedModel {
-            session: Mutex::new(session),
+            sessions: pool::SessionPool::new(session),
+            extra_session_bytes: 0,
             signature,
             format,
             footprint: 0,
@@ -543,14 +545,17 @@ impl fmt::Display for ModelFormat {
 /// A model ready to run: its ONNX Runtime session, its signature, and (for
 /// `.ort`) the mapping the session reads from.
 ///
-/// `Send + Sync`; runs on one model are serialised (see [`LoadedModel::run`]).
+/// `Send + Sync`; as many runs on one model go at once as it has sessions
+/// (see [`LoadedModel::run`]).
 pub struct LoadedModel {
     // Field order is drop order: the session must go before the mapping it may
     // read from. Every ort value made from the session is dropped inside `run`,
     // so nothing else can keep the session alive past this struct.
-    /// Locked for each run: `Session::run` takes `&mut self`, because ONNX
-    /// Runtime's `Run` is not safe to call concurrently on one session.
-    session: Mutex<Session>,
+    /// One session per run at a time (`Session::run` takes `&mut self`); a
+    /// pool of them lets runs on one model go in parallel (see [`pool`]).
+    sessions: pool::SessionPool,
+    /// What the sessions after the first cost (see [`LoadedModel::extra_session_bytes`]).
+    extra_session_bytes: u64,
     signature: Signature,
     format: ModelFormat,
     footprint: u64,
@@ -641,6 +646,62 @@ impl LoadedModel {
         self.format
     }
 
+    /// Grows the model's session pool to `sessions` (at least 1; fewer than it
+    /// has already is a no-op), so that that many runs go at once. Extra
+    /// sessions are made from the same verified bytes: for `.ort`, from the
+    /// mapping the model already keeps (`onnx_bytes` is not used; the weights
+    /// are shared, zero-copy); for `.onnx`, from `onnx_bytes`, which must be
+    /// the bytes the model was loaded from (each session copies its weights).
+    /// What they cost is measured and then told by
+    /// [`LoadedModel::extra_session_bytes`]; a session that would take that
+    /// past `within` bytes is not kept, so the pool may end up smaller than
+    /// asked (the caller passes the room its budget leaves).
+    ///
+    /// ```
+    /// use std::path::Path;
+    /// use model_router::engine::*;
+    ///
+    /// let engine = Engine::init(&EngineConfig { dylib_path: find_library(None)?, intra_threads: 1 })?;
+    /// let mut model = engine.load(Path::new("tests/data/models/mlp.ort"), ModelFormat::Ort)?;
+    /// model.add_sessions(&engine, &[], 3, u64::MAX)?;
+    /// assert_eq!(model.sessions(), 3);
+    /// let row = Tensor::new(vec![1, 4], TensorData::Fp32(vec![0.5, -1.25, 2.0, 0.75]))?;
+    /// let (outputs, _queued) = model.run_queued(vec![("features".into(), row)], None)?;
+    /// assert_eq!(outputs.len(), model.signature().outputs.len());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn add_sessions(
+        &mut self,
+        engine: &Engine,
+        onnx_bytes: &[u8],
+        sessions: usize,
+        within: u64,
+    ) -> Result<(), EngineError> {
+        let bytes: &[u8] = match &self._mapping {
+            Some(mapping) => mapping,
+            None => onnx_bytes,
+        };
+        let room = within.saturating_sub(self.extra_session_bytes);
+        let added = self
+            .sessions
+            .grow(engine, bytes, self.format, sessions, room)?;
+        self.extra_session_bytes = self.extra_session_bytes.saturating_add(added);
+        Ok(())
+    }
+
+    /// Sessions in the model's pool: how many runs on it can go at once.
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Bytes the sessions after the first cost, measured when they were made
+    /// (the anonymous memory they added; for `.onnx` at least the file's size
+    /// each). Not part of [`LoadedModel::footprint_bytes`]: the cache charges
+    /// the sum of both.
+    pub fn extra_session_bytes(&self) -> u64 {
+        self.extra_session_bytes
+    }
+
     /// Checks `inputs` against the signature before running: every input name
     /// known (else InvalidInput naming the unknown name and listing the model's
     /// inputs), every model input present (naming the missing one and its
@@ -658,8 +719,10 @@ impl LoadedModel {
     /// An output that cannot be converted is an [`EngineError::Inference`]
     /// naming the output and its type.
     ///
-    /// Runs on one model are serialised by its session lock; different models
-    /// run in parallel (on the one shared thread pool).
+    /// Runs on one model take a free session of its pool (see
+    /// [`LoadedModel::add_sessions`]): as many run at once as it has sessions,
+    /// and the others wait for one. Different models run in parallel (on the
+    /// one shared thread pool).
     ///
     /// ```
     /// use std::path::Path;
@@ -682,21 +745,31 @@ impl LoadedModel {
         inputs: Vec<(String, Tensor)>,
         outputs: Option<&[String]>,
     ) -> Result<Vec<(String, OutputValue)>, EngineError> {
+        self.run_queued(inputs, outputs).map(|(outputs, _)| outputs)
+    }
+
+    /// [`LoadedModel::run`], also telling how long the run waited for a free
+    /// session of the pool (its queue time; zero when one was free).
+    pub fn run_queued(
+        &self,
+        inputs: Vec<(String, Tensor)>,
+        outputs: Option<&[String]>,
+    ) -> Result<(Vec<(String, OutputValue)>, std::time::Duration), EngineError> {
         self.run_admitted(inputs, outputs, &|_| Ok(()))
     }
 
-    /// [`LoadedModel::run`], asking `admit` before copying the outputs out of
-    /// ONNX Runtime: it gets each tensor output's element type and element
-    /// count (sequences and maps are not listed), and an `Err(reason)` stops
-    /// the request with [`EngineError::OutOfMemory`] before any copy is made.
-    /// This is the post-check for outputs whose size only the run could tell
-    /// (an `Expand` to a shape the request sent).
+    /// [`LoadedModel::run_queued`], asking `admit` before copying the outputs
+    /// out of ONNX Runtime: it gets each tensor output's element type and
+    /// element count (sequences and maps are not listed), and an `Err(reason)`
+    /// stops the request with [`EngineError::OutOfMemory`] before any copy is
+    /// made. This is the post-check for outputs whose size only the run could
+    /// tell (an `Expand` to a shape the request sent).
     pub fn run_admitted(
         &self,
         inputs: Vec<(String, Tensor)>,
         outputs: Option<&[String]>,
         admit: &Admit<'_>,
-    ) -> Result<Vec<(String, OutputValue)>, EngineError> {
+    ) -> Result<(Vec<(String, OutputValue)>, std::time::Duration), EngineError> {
         self.run_inner(inputs, outputs, admit, self.shrink_arena)
     }
 
@@ -710,7 +783,7 @@ impl LoadedModel {
         outputs: Option<&[String]>,
         admit: &Admit<'_>,
         shrink: bool,
-    ) -> Result<Vec<(String, OutputValue)>, EngineError> {
+    ) -> Result<(Vec<(String, OutputValue)>, std::time::Duration), EngineError> {
         self.check_inputs(&inputs)?;
         let output_names = self.select_outputs(outputs)?;
 
@@ -735,7 +808,7 @@ impl LoadedModel {
                 .map_err(options_error)?;
         }
 
-        let mut session = self.session.lock().unwrap_or_else(PoisonError::into_inner);
+        let (mut session, waited) = self.sessions.acquire();
         let results = session
             .run_with_options(ort_inputs, &options)
             .map_err(run_error)?;
@@ -745,10 +818,11 @@ impl LoadedModel {
             .collect();
         admit(&extents).map_err(EngineError::OutOfMemory)?;
         // Converted while the session is locked: ort's outputs borrow it.
-        results
+        let outputs = results
             .into_iter()
             .map(|(name, value)| Ok((name.to_owned(), convert::output_value(name, &value)?)))
-            .collect()
+            .collect::<Result<_, EngineError>>()?;
+        Ok((outputs, waited))
     }
 
     fn check_inputs(&self, inputs: &[(String, Tensor)]) -> Result<(), EngineError> {

@@ -1,7 +1,9 @@
 //! The HTTP routes (DESIGN section 3), independent of the front door: every
 //! front door turns its request into an `http::Request<Bytes>` and calls
-//! [`handle`]. Admin actions are not here; no HTTP request can reach them.
+//! [`handle`]. Admin actions are not here; no request to the front door can
+//! reach them (`serve --admin-addr` serves them on a listener of its own, [`admin`]).
 
+pub mod admin;
 pub mod json;
 mod simple;
 mod v2;
@@ -29,6 +31,8 @@ pub struct RequestRecord {
     pub version: Option<String>,
     pub load: Option<LoadInfo>,
     pub inference_ms: Option<f64>,
+    /// Waiting for a free session of the model (see `Prediction::queue_ms`).
+    pub queue_ms: Option<f64>,
     /// The team the model's cache bytes count against, once it is loaded.
     pub team: Option<String>,
     /// The request memory reserved for parsing its body, which a prediction
@@ -42,6 +46,12 @@ impl RequestRecord {
         self.load = Some(load);
         self.version = Some(lease.key().version().to_string());
         self.team = lease.value().team.clone();
+    }
+
+    /// Notes how long a prediction ran and waited for a session.
+    pub fn predicted(&mut self, prediction: &crate::service::Prediction) {
+        self.inference_ms = Some(prediction.inference_ms);
+        self.queue_ms = Some(prediction.queue_ms);
     }
 }
 
@@ -111,6 +121,7 @@ fn record_request(
         stage_ms = record.load.map(|l| l.stage_ms),
         load_ms = record.load.map(|l| l.load_ms),
         inference_ms = record.inference_ms,
+        queue_ms = record.queue_ms,
         status = status.as_u16(),
         code,
         total_ms = started.elapsed().as_secs_f64() * 1e3,
@@ -130,6 +141,7 @@ fn record_request(
             team: record.team.as_deref(),
             load: record.load,
             inference_ms: record.inference_ms,
+            queue_ms: record.queue_ms,
             status: status.as_u16(),
             code,
         },

@@ -99,7 +99,7 @@ pub(super) async fn predict(
     let prediction = service
         .predict(lease, load, inputs, None, record.memory.take())
         .await?;
-    record.inference_ms = Some(prediction.inference_ms);
+    record.predicted(&prediction);
     let response = PredictResponse {
         model: prediction.key.name().as_str(),
         model_version: prediction.key.version(),

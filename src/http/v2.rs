@@ -276,7 +276,7 @@ async fn infer(
     let prediction = service
         .predict(lease, load, inputs, outputs.names(), record.memory.take())
         .await?;
-    record.inference_ms = Some(prediction.inference_ms);
+    record.predicted(&prediction);
 
     let tensors = prediction
         .outputs
