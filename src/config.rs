@@ -255,8 +255,9 @@ pub struct RouterArgs {
     /// the load itself goes on and caches the model when it finishes. 0: no limit.
     #[arg(long, env = "MODEL_LOAD_TIMEOUT_SECONDS", default_value_t = 20.0)]
     pub load_timeout_seconds: f64,
-    /// Reads in flight at once when a model file is read from the repository
-    /// (EFS and NFS answer each read after a network round trip).
+    /// Reads in flight at once when a model file is read from a network
+    /// filesystem (EFS and NFS answer each read after a round trip); a local
+    /// filesystem gets one reader thread, ahead of the hash.
     #[arg(long, env = "MODEL_FETCH_READERS", default_value_t = 8)]
     pub fetch_readers: usize,
     /// ONNX Runtime sessions per loaded model: how many requests to one model

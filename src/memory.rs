@@ -19,6 +19,7 @@
 //!   up once the run has told the real output sizes ([`Reservation::grow`]);
 //!   what does not fit is refused with an error, never run.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -99,7 +100,8 @@ const UNIT: u64 = 1024;
 pub struct RequestMemory {
     /// `None`: no memory limit known, nothing is reserved.
     pool: Option<Arc<Semaphore>>,
-    total: u64,
+    /// Bytes of buffers in all (see [`RequestMemory::resize`]); shared by clones.
+    total: Arc<AtomicU64>,
     limit: u64,
     /// How long a request waits for others to give memory back before 503.
     wait: Duration,
@@ -122,10 +124,32 @@ impl RequestMemory {
             pool: split
                 .limit_bytes
                 .map(|_| Arc::new(Semaphore::new(units as usize))),
-            total: units * UNIT,
+            total: Arc::new(AtomicU64::new(units * UNIT)),
             limit: split.limit_bytes.unwrap_or(0),
             wait: Duration::from_secs(2),
         }
+    }
+
+    /// Resizes the buffers to `split.request_buffer_bytes`: the service makes
+    /// them at start-up from a provisional split, measured before ONNX Runtime
+    /// had loaded, so that requests need not wait for it, and resizes them
+    /// once ONNX Runtime has started and the baseline is known. Shrinking
+    /// takes back only buffers no request holds (at start-up, nearly all).
+    pub fn resize(&self, split: &MemorySplit) {
+        let Some(pool) = &self.pool else { return };
+        let wanted = (split.request_buffer_bytes / UNIT).min(u64::from(u32::MAX));
+        let current = self.total.load(Ordering::Relaxed) / UNIT;
+        if wanted > current {
+            pool.add_permits((wanted - current) as usize);
+            self.total.store(wanted * UNIT, Ordering::Relaxed);
+        } else if wanted < current {
+            let taken = pool.forget_permits((current - wanted) as usize) as u64;
+            self.total.fetch_sub(taken * UNIT, Ordering::Relaxed);
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
     }
 
     /// Reserves `bytes`, waiting up to 2 s for other requests to release theirs.
@@ -144,17 +168,17 @@ impl RequestMemory {
         self.pool
             .as_ref()
             .map(|pool| {
-                self.total
+                self.total()
                     .saturating_sub(pool.available_permits() as u64 * UNIT)
             })
             .unwrap_or(0)
     }
 
     fn units(&self, bytes: u64) -> Result<u32, MemoryError> {
-        if bytes > self.total {
+        if bytes > self.total() {
             return Err(MemoryError::TooLarge {
                 need: bytes,
-                available: self.total,
+                available: self.total(),
                 limit: self.limit,
             });
         }
@@ -196,7 +220,7 @@ impl Reservation {
             }
             _ => Err(MemoryError::Busy {
                 need: bytes,
-                available: self.memory.total,
+                available: self.memory.total(),
             }),
         }
     }
@@ -245,7 +269,7 @@ impl Reservation {
             }
             Err(_) => Err(MemoryError::Busy {
                 need: bytes,
-                available: self.memory.total,
+                available: self.memory.total(),
             }),
         }
     }
@@ -390,5 +414,25 @@ mod tests {
         // No limit known: nothing is reserved, nothing refused.
         let open = RequestMemory::new(&MemorySplit::new(None, "none", 0, 0));
         assert_eq!(open.reserve(u64::MAX).await.unwrap().bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn buffers_made_from_the_provisional_split_resize_to_the_final_one() {
+        // 100 units of headroom before ONNX Runtime loaded; its 40 units of
+        // baseline leave 60 once it has. Half of headroom is request buffers.
+        let memory = RequestMemory::new(&MemorySplit::new(Some(100 * UNIT), "flag", 0, 0));
+        let held = memory.reserve(20 * UNIT).await.unwrap();
+        memory.resize(&MemorySplit::new(Some(100 * UNIT), "flag", 0, 40 * UNIT));
+        assert_eq!(memory.total(), 30 * UNIT);
+        assert_eq!(memory.reserved_bytes(), 20 * UNIT);
+        assert!(matches!(
+            memory.reserve(31 * UNIT).await,
+            Err(MemoryError::TooLarge { .. })
+        ));
+        drop(held);
+        assert_eq!(memory.reserved_bytes(), 0);
+        // Growing back gives the buffers back.
+        memory.resize(&MemorySplit::new(Some(100 * UNIT), "flag", 0, 0));
+        assert_eq!(memory.total(), 50 * UNIT);
     }
 }

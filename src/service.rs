@@ -112,11 +112,17 @@ struct Inner {
     shares_applied: std::sync::Mutex<Option<Arc<Policy>>>,
     /// Verifies ALB OIDC tokens (ALB_OIDC_SIGNER), or why it cannot.
     alb: Result<AlbVerifier, String>,
-    /// How the memory limit is split (src/memory.rs), and the router's request
-    /// buffers, reserved per request. Set by the thread that starts ONNX
-    /// Runtime, right after it has (the split's baseline is the process with
-    /// ONNX Runtime loaded and no model), whether or not it could.
-    memory: Arc<OnceLock<(MemorySplit, RequestMemory)>>,
+    /// How the memory limit is split (src/memory.rs): set by the thread that
+    /// starts ONNX Runtime, right after it has (the split's baseline is the
+    /// process with ONNX Runtime loaded and no model), whether or not it could.
+    memory: Arc<OnceLock<MemorySplit>>,
+    /// The split measured at start-up, before ONNX Runtime loaded: in force
+    /// until `memory` is set, so that no request waits for ONNX Runtime to
+    /// reserve its buffers (and ONNX Runtime's start overlaps the first load).
+    provisional_memory: MemorySplit,
+    /// The router's request buffers, reserved per request; made from the
+    /// provisional split, resized to the final one when it is known.
+    request_memory: RequestMemory,
 }
 
 impl ModelService {
@@ -130,8 +136,16 @@ impl ModelService {
         };
         let engine = Arc::new(OnceLock::new());
         let memory = Arc::new(OnceLock::new());
+        let provisional_memory = MemorySplit::new(
+            config.memory_limit,
+            config.memory_limit_source,
+            config.cache_bytes,
+            current_rss(),
+        );
+        let request_memory = RequestMemory::new(&provisional_memory);
         let start = {
-            let (engine, memory) = (engine.clone(), memory.clone());
+            let (engine, memory, request_memory) =
+                (engine.clone(), memory.clone(), request_memory.clone());
             let (limit, source, cache_bytes) = (
                 config.memory_limit,
                 config.memory_limit_source,
@@ -158,7 +172,8 @@ impl ModelService {
                         MemorySplit::new(limit, source, cache_bytes, current_rss())
                     }
                 };
-                let _ = memory.set((split, RequestMemory::new(&split)));
+                request_memory.resize(&split);
+                let _ = memory.set(split);
             }
         };
         if let Err(e) = std::thread::Builder::new()
@@ -194,6 +209,8 @@ impl ModelService {
                 shares_applied: Default::default(),
                 alb,
                 memory,
+                provisional_memory,
+                request_memory,
             }),
         };
         // Apply the shares of the policy read at start-up.
@@ -332,42 +349,27 @@ impl ModelService {
         self.inner.staging.wait_for_writes(timeout)
     }
 
-    /// The memory split and the request buffers: set once ONNX Runtime has
-    /// started (a few tens of milliseconds after start-up); waits (blocking)
-    /// until then.
-    fn memory(&self) -> &(MemorySplit, RequestMemory) {
-        self.inner.memory.wait()
-    }
-
-    /// [`ModelService::memory`], waiting off the async threads.
-    async fn memory_ready(&self) -> &(MemorySplit, RequestMemory) {
-        if self.inner.memory.get().is_none() {
-            let memory = self.inner.memory.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                memory.wait();
-            })
-            .await;
-        }
-        self.memory()
-    }
-
-    /// How the process's memory limit is split (README, "Memory").
+    /// How the process's memory limit is split (README, "Memory"); until
+    /// ONNX Runtime has started, the split measured before it loaded.
     pub fn memory_split(&self) -> MemorySplit {
-        self.memory().0
+        self.inner
+            .memory
+            .get()
+            .copied()
+            .unwrap_or(self.inner.provisional_memory)
     }
 
     /// Bytes of request buffers reserved now.
     pub fn request_memory_reserved(&self) -> u64 {
-        self.memory().1.reserved_bytes()
+        self.inner.request_memory.reserved_bytes()
     }
 
     /// Reserves request memory for parsing a JSON body of `body_bytes`
     /// (see [`crate::memory::json_parse_bytes`]).
     pub async fn reserve_body(&self, body_bytes: usize) -> Result<Reservation, Error> {
         Ok(self
-            .memory_ready()
-            .await
-            .1
+            .inner
+            .request_memory
             .reserve(crate::memory::json_parse_bytes(body_bytes))
             .await?)
     }
@@ -601,7 +603,7 @@ impl ModelService {
                 held.grow_waiting(need).await?;
                 held
             }
-            None => self.memory_ready().await.1.reserve(need).await?,
+            None => self.inner.request_memory.reserve(need).await?,
         };
         // The lease is held until the run ends: the model stays alive (and
         // counted) even if it is evicted meanwhile.
