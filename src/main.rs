@@ -110,6 +110,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             // One event, then exit: a staged copy would never be reloaded, so
             // unless MODEL_STAGING_BYTES says otherwise, none is written.
             router.staging_bytes.get_or_insert(0);
+            // One event at a time, as on Lambda: one session per model.
+            router.sessions_per_model.get_or_insert(1);
             let (config, runtime) = start(&router)?;
             let text = if event == "-" {
                 let mut text = String::new();
