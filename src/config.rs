@@ -33,6 +33,14 @@ pub enum Command {
         /// strips) these headers itself; off by default.
         #[arg(long, env = "TRUST_IDENTITY_HEADERS")]
         trust_identity_headers: bool,
+        /// Also serve gRPC (`inference.GRPCInferenceService`, docs/protocols.md)
+        /// on this address (port 0 picks a free one). Off unless set.
+        #[arg(long, env = "MODEL_ROUTER_GRPC_ADDR")]
+        grpc_addr: Option<String>,
+        /// Origins browsers may call from (CORS), comma-separated, `*` for any.
+        /// Off unless set: no CORS headers, and `OPTIONS` is a 405.
+        #[arg(long, env = "CORS_ALLOW_ORIGINS", value_delimiter = ',')]
+        cors_allow_origins: Vec<String>,
     },
     /// Send one Lambda event (any event source, or an admin event) through the
     /// handler and print the Lambda-shaped response.

@@ -31,6 +31,13 @@ pub enum RequestError {
     Forbidden(String),
     #[error("{0}")]
     PolicyUnavailable(String),
+    /// A protocol feature model-router deliberately does not offer (sequences,
+    /// priorities, classification, repository load/unload): refused, never ignored.
+    #[error("{0}")]
+    NotSupported(String),
+    /// The request's own deadline (the `timeout` parameter) passed.
+    #[error("{0}")]
+    DeadlineExceeded(String),
 }
 
 /// Every error a request can end in.
@@ -58,6 +65,8 @@ impl Error {
                 RequestError::PayloadTooLarge { .. } => "payload_too_large",
                 RequestError::Forbidden(_) => "forbidden",
                 RequestError::PolicyUnavailable(_) => "policy_unavailable",
+                RequestError::NotSupported(_) => "not_supported",
+                RequestError::DeadlineExceeded(_) => "deadline_exceeded",
             },
             Error::Repository(e) => match e {
                 RepositoryError::InvalidName { .. } => "invalid_name",
@@ -86,7 +95,9 @@ impl Error {
     /// The HTTP status for this error (DESIGN section 3).
     pub fn status(&self) -> StatusCode {
         match self.code() {
-            "invalid_json" | "invalid_input" | "invalid_name" => StatusCode::BAD_REQUEST,
+            "invalid_json" | "invalid_input" | "invalid_name" | "not_supported" => {
+                StatusCode::BAD_REQUEST
+            }
             "forbidden" => StatusCode::FORBIDDEN,
             "model_not_found" | "version_not_found" | "route_not_found" => StatusCode::NOT_FOUND,
             "method_not_allowed" => StatusCode::METHOD_NOT_ALLOWED,
@@ -96,6 +107,7 @@ impl Error {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             "model_too_large" => StatusCode::INSUFFICIENT_STORAGE,
+            "deadline_exceeded" => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -140,6 +152,16 @@ mod tests {
                 400,
             ),
             (RequestError::Forbidden("x".into()).into(), "forbidden", 403),
+            (
+                RequestError::NotSupported("x".into()).into(),
+                "not_supported",
+                400,
+            ),
+            (
+                RequestError::DeadlineExceeded("x".into()).into(),
+                "deadline_exceeded",
+                504,
+            ),
             (
                 RequestError::PolicyUnavailable("x".into()).into(),
                 "policy_unavailable",

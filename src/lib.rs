@@ -35,6 +35,7 @@ pub mod cache;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod grpc;
 pub mod http;
 pub mod identity;
 pub mod lambda;
@@ -44,6 +45,7 @@ pub mod publisher;
 pub mod repository;
 pub mod server;
 pub mod service;
+pub mod status;
 
 pub use config::Config;
 pub use error::Error;

@@ -438,6 +438,7 @@ async fn serve_believes_identity_headers_only_in_trusted_mode() {
         let addr = listener.local_addr().unwrap();
         let options = model_router::server::ServeOptions {
             trust_identity_headers: trusted,
+            ..Default::default()
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(model_router::server::serve_with(
