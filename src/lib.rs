@@ -24,8 +24,12 @@
 //!   the caller's identity as AWS authenticated it.
 //! - [`metrics`]: metric names and dimensions, and the CloudWatch Embedded
 //!   Metric Format lines they are written as.
-//! - [`server`] and [`lambda`]: the front doors (local HTTP; Lambda runtime and
-//!   the `invoke` CLI).
+//! - [`server`], [`grpc`] and [`lambda`]: the front doors (local HTTP with
+//!   tower-http's layers; gRPC `inference.GRPCInferenceService` from the
+//!   vendored protos in proto/; Lambda runtime and the `invoke` CLI).
+//! - [`status`]: what is remembered per model version (signature, last load
+//!   failure, inference statistics) for readiness, metadata without a load,
+//!   and Triton's statistics.
 //! - [`publisher`]: the `publish-s3` Lambda function, the repository's only
 //!   writer on AWS: S3 uploads verified and published, with SigV4 and a minimal
 //!   S3 client of its own.
