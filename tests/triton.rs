@@ -6,8 +6,10 @@
 //! tests/python/test_clients.py.
 
 mod common;
+#[path = "support/efs_sim.rs"]
+mod efs_sim;
 
-use std::io::{Read as _, Write as _};
+use std::io::{BufRead as _, Read as _, Write as _};
 use std::net::SocketAddr;
 
 use common::{TestServer, repository};
@@ -507,4 +509,86 @@ async fn readiness_follows_preload_the_repository_and_each_models_last_load() {
         "{ready}"
     );
     assert_eq!(server.get("/v2/health/ready").await.0, 200);
+}
+
+/// The binary itself: `serve` listens before `PRELOAD_MODELS` is loaded, so
+/// live answers during a preload stuck on a slow mount (every open of the
+/// model file hangs 5 s on the EFS-like filesystem) and ready says why not;
+/// once the preload is done, ready is true and the model is in memory.
+#[test]
+fn serve_is_live_during_preload_and_ready_after() {
+    if !efs_sim::usable_or_skip("serve_is_live_during_preload_and_ready_after") {
+        return;
+    }
+    let source = repository(&[("mlp", "1", "mlp.ort")]);
+    let mount = tempfile::tempdir().unwrap();
+    let sim = efs_sim::EfsSim::mount(source.path(), mount.path(), efs_sim::Options::default())
+        .expect("mounting the EFS-like filesystem");
+    sim.set_fault(
+        "mlp/1/model.ort",
+        efs_sim::Fault::HangOpen(std::time::Duration::from_secs(5)),
+    );
+    let staging = tempfile::tempdir().unwrap();
+    let mut child = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_model-router"))
+            .args([
+                "serve",
+                "--addr",
+                "127.0.0.1:0",
+                "--preload",
+                "mlp/1",
+                "--repo",
+            ])
+            .arg(mount.path())
+            .arg("--staging-dir")
+            .arg(staging.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdout = std::io::BufReader::new(child.0.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let addr: SocketAddr = line
+        .trim()
+        .rsplit("http://")
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (status, _, _) = exchange(addr, "GET", "/v2/health/live", &[], b"").await;
+        assert_eq!(status, 200, "live while the preload waits on the mount");
+        let (status, _, body) = exchange(addr, "GET", "/v2/health/ready", &[], b"").await;
+        assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+        assert!(
+            json_of(&body)["reason"]
+                .as_str()
+                .unwrap()
+                .contains("PRELOAD")
+        );
+        let mut ready = false;
+        for _ in 0..300 {
+            let (status, _, _) = exchange(addr, "GET", "/v2/health/ready", &[], b"").await;
+            if status == 200 {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(ready, "ready once the preload is done");
+        let (_, _, body) = exchange(addr, "GET", "/v2/models/mlp/versions/1/ready", &[], b"").await;
+        assert_eq!(json_of(&body)["loaded"], true, "the preload loaded it");
+    });
+}
+
+/// A child process that is killed however the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
