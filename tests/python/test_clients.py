@@ -25,7 +25,7 @@ import tritonclient.http.aio as httpaio
 from tritonclient.utils import InferenceServerException
 
 from conftest import mlp_scores
-from test_tritonclient import expected
+from test_tritonclient import Server, expected
 
 ROW = np.array([[0.5, -1.25, 2.0, 0.75]], dtype=np.float32)
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
@@ -229,3 +229,35 @@ def test_perf_analyzer_runs_unchanged(served, protocol, tmp_path):
     throughput = float(rows[0]["Inferences/Second"])
     print(f"perf_analyzer {protocol}: {throughput:.0f} infer/s at concurrency 2")
     assert throughput > 0
+
+
+# --- the access policy over gRPC ----------------------------------------------------
+
+def test_grpc_callers_get_the_same_authorization_as_http(served, tmp_path):
+    """In trusted-header mode, the x-caller-arn metadata is the caller, and the
+    team policy decides over gRPC exactly as over HTTP."""
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"teams": {
+        "a": {"principals": ["arn:aws:iam::111111111111:role/a"], "models": ["mlp"]},
+        "b": {"principals": ["arn:aws:iam::111111111111:role/b"], "models": ["text_tfidf"]},
+    }}))
+    repo = served.process.args[served.process.args.index("--repo") + 1]
+    server = Server(repo, tmp_path / "staging", "--grpc-addr", "127.0.0.1:0",
+                    "--access-policy", str(policy), "--trust-identity-headers")
+    try:
+        client = grpcclient.InferenceServerClient(url=server.grpc_url)
+        team_a = {"x-caller-arn": "arn:aws:iam::111111111111:role/a"}
+        team_b = {"x-caller-arn": "arn:aws:iam::111111111111:role/b"}
+        inputs, want = mlp_scores()
+        result = client.infer("mlp", [grpc_input(inputs)], model_version="1", headers=team_a)
+        np.testing.assert_allclose(result.as_numpy("scores"), want, rtol=1e-5, atol=1e-6)
+        refused(lambda: client.infer("mlp", [grpc_input(inputs)], headers=team_b), "StatusCode.PERMISSION_DENIED")
+        refused(lambda: client.get_model_config("mlp", headers=team_b), "StatusCode.PERMISSION_DENIED")
+        refused(lambda: client.infer("mlp", [grpc_input(inputs)]), "StatusCode.PERMISSION_DENIED")
+        # The all-models statistics and the index show each team only its models.
+        assert [m.name for m in client.get_inference_statistics(headers=team_a).model_stats] == ["mlp"]
+        assert [m.name for m in client.get_inference_statistics(headers=team_b).model_stats] == []
+        assert {m.name for m in client.get_model_repository_index(headers=team_b).models} == {"text_tfidf"}
+        client.close()
+    finally:
+        server.stop()
