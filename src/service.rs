@@ -111,6 +111,11 @@ struct Inner {
     /// True from start-up until `PRELOAD_MODELS` has been warmed: the server
     /// is live but not ready meanwhile.
     preloading: std::sync::atomic::AtomicBool,
+    /// Held by the readiness probe of the repository while it runs (by its
+    /// blocking thread, until the listing returns): at most one probe at a
+    /// time, so a hung mount holds one blocked thread, not one per health
+    /// check; concurrent checks wait for it, within their limit.
+    probing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl ModelService {
@@ -154,6 +159,7 @@ impl ModelService {
             inner: Arc::new(Inner {
                 versions: Default::default(),
                 preloading,
+                probing: Default::default(),
                 config,
                 repository,
                 staging,
@@ -672,11 +678,20 @@ impl ModelService {
 
     /// Whether the repository's root can be listed now, within `limit` (a
     /// hung mount counts as unreadable, and the answer never waits longer).
+    /// While an earlier probe is stuck, later ones wait for it and give up
+    /// at their limit.
     pub async fn repository_readable(&self, limit: std::time::Duration) -> bool {
         let root = self.inner.repository.root().to_path_buf();
-        let probe = blocking(move || {
-            std::fs::read_dir(&root).and_then(|mut entries| entries.next().transpose().map(|_| ()))
-        });
+        let probing = self.inner.probing.clone();
+        let probe = async move {
+            let held = probing.lock_owned().await;
+            blocking(move || {
+                let _held = held;
+                std::fs::read_dir(&root)
+                    .and_then(|mut entries| entries.next().transpose().map(|_| ()))
+            })
+            .await
+        };
         matches!(tokio::time::timeout(limit, probe).await, Ok(Ok(Ok(()))))
     }
 }
