@@ -467,12 +467,17 @@ impl GrpcInferenceService for GrpcFrontDoor {
             request.metadata(),
             Some((name, version)),
             |_, record| async move {
-                let ready = facts::model_ready(&self.service, name, version)
-                    .await
-                    .map(|r| proto::ModelReadyResponse {
-                        ready: r.why_not.is_none(),
-                    });
-                (record, ready)
+                // An unknown model or version is simply not ready (as
+                // Triton answers; REST says 404, which clients read as false).
+                let ready = match facts::model_ready(&self.service, name, version).await {
+                    Ok(r) => Ok(r.why_not.is_none()),
+                    Err(e) if e.status() == http::StatusCode::NOT_FOUND => Ok(false),
+                    Err(e) => Err(e),
+                };
+                (
+                    record,
+                    ready.map(|ready| proto::ModelReadyResponse { ready }),
+                )
             },
         )
         .await

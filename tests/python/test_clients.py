@@ -126,6 +126,7 @@ def test_grpc_every_call(served):
     assert client.is_server_live() and client.is_server_ready()
     assert list(client.get_server_metadata().extensions) == EXTENSIONS
     assert client.is_model_ready("mlp") and client.is_model_ready("mlp", "2")
+    assert not client.is_model_ready("nope") and not client.is_model_ready("mlp", "9")
     metadata = client.get_model_metadata("mlp", "2")
     assert (metadata.platform, list(metadata.versions)) == ("onnxruntime_onnx", ["1", "2"])
     assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [("features", "FP32", [-1, 4])]
