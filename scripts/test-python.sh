@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# The tritonclient[http] compatibility test (tests/python): NVIDIA's V2 client
-# against a real `model-router serve`. Builds the binary, makes (or reuses) the
-# test virtualenv, and runs pytest, whose summary line ends the output.
+# The client compatibility tests (tests/python): NVIDIA's tritonclient (http
+# and grpc, sync and asyncio), Triton's perf_analyzer, and kserve's REST and
+# gRPC clients, against a real `model-router serve`. Builds the binary, makes
+# (or reuses) the test virtualenv and perf_analyzer, and runs pytest twice:
+# the tritonclient tests, then the kserve ones in a process of their own
+# (the two register the same protobuf messages). Each run ends with pytest's
+# summary line.
 #
 #   scripts/test-python.sh            # from anywhere; extra args go to pytest
 #   scripts/test-python.sh -k bytes -v
@@ -22,4 +26,8 @@ fi
 cargo build --locked --quiet --bin model-router
 export MODEL_ROUTER_BIN="$PWD/target/debug/model-router"
 
-exec "$python" -m pytest tests/python -q -p no:cacheprovider "$@"
+PERF_ANALYZER="$(scripts/setup-perf-analyzer.sh | tail -n 1)"
+export PERF_ANALYZER
+
+"$python" -m pytest tests/python -q -p no:cacheprovider --ignore tests/python/test_kserve.py "$@"
+"$python" -m pytest tests/python/test_kserve.py -q -p no:cacheprovider "$@"

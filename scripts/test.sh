@@ -34,7 +34,7 @@ section "cargo test (unit, integration, doc; both workspace crates)"
 scripts/setup-fuse.sh
 cargo test --locked
 
-section "tritonclient[http] compatibility (pytest)"
+section "client compatibility (pytest): tritonclient http+grpc, kserve REST+gRPC, perf_analyzer"
 scripts/test-python.sh
 
 section "the release binary (built once: the Lambda end-to-end test and the smoke test share it)"

@@ -40,6 +40,14 @@ pub enum Command {
         /// authentication: never expose it to tenants (README "Admin listener").
         #[arg(long, env = "MODEL_ROUTER_ADMIN_ADDR")]
         admin_addr: Option<String>,
+        /// Also serve gRPC (`inference.GRPCInferenceService`, docs/protocols.md)
+        /// on this address (port 0 picks a free one). Off unless set.
+        #[arg(long, env = "MODEL_ROUTER_GRPC_ADDR")]
+        grpc_addr: Option<String>,
+        /// Origins browsers may call from (CORS), comma-separated, `*` for any.
+        /// Off unless set: no CORS headers, and `OPTIONS` is a 405.
+        #[arg(long, env = "CORS_ALLOW_ORIGINS", value_delimiter = ',')]
+        cors_allow_origins: Vec<String>,
     },
     /// Send one Lambda event (any event source, or an admin event) through the
     /// handler and print the Lambda-shaped response.

@@ -36,6 +36,13 @@ pub enum RequestError {
     MalformedBody(String),
     #[error("the request body did not arrive within {seconds} seconds (BODY_READ_TIMEOUT_SECONDS)")]
     BodyTimeout { seconds: f64 },
+    /// A protocol feature model-router deliberately does not offer (sequences,
+    /// priorities, classification, repository load/unload): refused, never ignored.
+    #[error("{0}")]
+    NotSupported(String),
+    /// The request's own deadline (the `timeout` parameter) passed.
+    #[error("{0}")]
+    DeadlineExceeded(String),
 }
 
 /// Every error a request can end in.
@@ -67,6 +74,8 @@ impl Error {
                 RequestError::PolicyUnavailable(_) => "policy_unavailable",
                 RequestError::MalformedBody(_) => "invalid_body",
                 RequestError::BodyTimeout { .. } => "request_timeout",
+                RequestError::NotSupported(_) => "not_supported",
+                RequestError::DeadlineExceeded(_) => "deadline_exceeded",
             },
             Error::Repository(e) => match e {
                 RepositoryError::InvalidName { .. } => "invalid_name",
@@ -100,9 +109,8 @@ impl Error {
     /// The HTTP status for this error (DESIGN section 3).
     pub fn status(&self) -> StatusCode {
         match self.code() {
-            "invalid_json" | "invalid_input" | "invalid_name" | "invalid_body" => {
-                StatusCode::BAD_REQUEST
-            }
+            "invalid_json" | "invalid_input" | "invalid_name" | "invalid_body"
+            | "not_supported" => StatusCode::BAD_REQUEST,
             "request_timeout" => StatusCode::REQUEST_TIMEOUT,
             "forbidden" => StatusCode::FORBIDDEN,
             "model_not_found" | "version_not_found" | "route_not_found" => StatusCode::NOT_FOUND,
@@ -115,6 +123,7 @@ impl Error {
             | "policy_unavailable"
             | "insufficient_memory" => StatusCode::SERVICE_UNAVAILABLE,
             "model_too_large" => StatusCode::INSUFFICIENT_STORAGE,
+            "deadline_exceeded" => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -168,6 +177,16 @@ mod tests {
                 RequestError::BodyTimeout { seconds: 1.0 }.into(),
                 "request_timeout",
                 408,
+            ),
+            (
+                RequestError::NotSupported("x".into()).into(),
+                "not_supported",
+                400,
+            ),
+            (
+                RequestError::DeadlineExceeded("x".into()).into(),
+                "deadline_exceeded",
+                504,
             ),
             (
                 RequestError::PolicyUnavailable("x".into()).into(),

@@ -32,8 +32,12 @@
 //!   the caller's identity as AWS authenticated it.
 //! - [`metrics`]: metric names and dimensions, recorded once and exported as
 //!   CloudWatch Embedded Metric Format lines and as Prometheus `/metrics`.
-//! - [`server`] and [`lambda`]: the front doors (local HTTP; Lambda runtime and
-//!   the `invoke` CLI).
+//! - [`server`], [`grpc`] and [`lambda`]: the front doors (local HTTP with
+//!   tower-http's layers; gRPC `inference.GRPCInferenceService` from the
+//!   vendored protos in proto/; Lambda runtime and the `invoke` CLI).
+//! - [`status`]: what is remembered per model version (signature, last load
+//!   failure, inference statistics) for readiness, metadata without a load,
+//!   and Triton's statistics.
 //! - [`logging`]: `tracing` set-up, shared with the publisher binary.
 //!
 //! The S3 publisher, the repository's only writer on AWS, is the workspace's
@@ -67,6 +71,7 @@ pub mod cache;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod grpc;
 pub mod http;
 pub mod identity;
 pub mod lambda;
@@ -77,6 +82,7 @@ pub mod policy;
 pub mod repository;
 pub mod server;
 pub mod service;
+pub mod status;
 pub mod triton;
 
 pub use config::Config;

@@ -69,6 +69,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             trust_identity_headers,
             clients,
             admin_addr,
+            grpc_addr,
+            cors_allow_origins,
         } => {
             let (config, runtime) = start(&router)?;
             runtime.block_on(async {
@@ -82,16 +84,22 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 if let Some(admin_addr) = admin_addr {
                     start_admin(&admin_addr, &service).await?;
                 }
-                // Before the address is announced: no request arrives mid-preload.
-                // ONNX Runtime starts while the preloads read their files.
-                model_router::admin::preload(&service, &Metrics::global()).await;
-                service
-                    .engine_ready()
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let grpc_listener = match &grpc_addr {
+                    Some(grpc_addr) => Some(
+                        tokio::net::TcpListener::bind(grpc_addr)
+                            .await
+                            .with_context(|| format!("binding {grpc_addr} (gRPC)"))?,
+                    ),
+                    None => None,
+                };
                 // On stdout, for scripts and tests that started us on port 0.
                 println!("model-router listening on http://{local}");
                 tracing::info!(%local, "listening");
+                if let Some(grpc) = &grpc_listener {
+                    let grpc_local = grpc.local_addr()?;
+                    println!("model-router grpc listening on {grpc_local}");
+                    tracing::info!(%grpc_local, "gRPC listening");
+                }
                 let options = server::ServeOptions {
                     trust_identity_headers,
                     header_read_timeout: ClientLimits::duration(
@@ -100,9 +108,53 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     body_read_timeout: ClientLimits::duration(clients.body_read_timeout_seconds),
                     idle_timeout: ClientLimits::duration(clients.idle_timeout_seconds),
                     max_connections: clients.max_connections(),
+                    cors_origins: cors_allow_origins,
                 };
                 tracing::info!(?options, "client limits");
-                server::serve_with(listener, service, options, shutdown_signal()).await?;
+                // One shutdown for both listeners: a signal, or a failed start.
+                let (stop, stopped) = tokio::sync::watch::channel(false);
+                let until_stopped = move || {
+                    let mut stopped = stopped.clone();
+                    async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    }
+                };
+                let signal_stop = stop.clone();
+                tokio::spawn(async move {
+                    shutdown_signal().await;
+                    let _ = signal_stop.send(true);
+                });
+                // The listeners answer from now on: live at once, ready once
+                // the preloads are done (GET /v2/health/ready says which), so
+                // an orchestrator can tell "loading" from "hung". ONNX Runtime
+                // starts while the preloads read their files; if it cannot
+                // start, serve stops with its error.
+                let starting = {
+                    let service = service.clone();
+                    async move {
+                        model_router::admin::preload(&service, &Metrics::global()).await;
+                        let started = service.engine_ready().await;
+                        if started.is_err() {
+                            let _ = stop.send(true);
+                        }
+                        started
+                    }
+                };
+                let http =
+                    server::serve_with(listener, service.clone(), options.clone(), until_stopped());
+                let grpc = async {
+                    match grpc_listener {
+                        Some(grpc) => {
+                            server::serve_grpc(grpc, service.clone(), options, until_stopped())
+                                .await
+                        }
+                        None => Ok(()),
+                    }
+                };
+                let (started, http, grpc) = tokio::join!(starting, http, grpc);
+                started.map_err(|e| anyhow::anyhow!("{e}"))?;
+                http?;
+                grpc?;
                 Ok(ExitCode::SUCCESS)
             })
         }

@@ -2,7 +2,9 @@
 //! hyper, so that slow and idle clients are bounded (a header read timeout, a
 //! body read timeout, an idle keep-alive timeout and a connection limit; see
 //! [`ServeOptions`]); it enforces the body limit and hands every request to
-//! [`crate::http::handle`].
+//! [`crate::http::handle`]. tower-http's layers ([`hygiene`]) add request
+//! ids, CORS and compression around it; [`serve_grpc`] serves the gRPC front
+//! door ([`crate::grpc`]) on a listener of its own.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -11,6 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
+use axum::extract::Request;
 use axum::response::Response;
 use bytes::Bytes;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -18,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::error::{Error, RequestError};
-use crate::http::{RequestId, error_response, handle};
+use crate::http::{Compressible, RequestId, error_response, handle};
 use crate::service::ModelService;
 
 #[derive(Clone)]
@@ -31,7 +34,7 @@ struct ServerState {
 
 /// How the server treats callers. Each bound has its flag and environment
 /// twin on `serve` (README, "Slow and idle clients").
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ServeOptions {
     /// Take the caller's identity from the `x-caller-*` headers (see [`crate::identity`]).
     pub trust_identity_headers: bool,
@@ -48,6 +51,10 @@ pub struct ServeOptions {
     /// closes the connection idle the longest; when none is idle, it waits
     /// (in accept order) for one to end.
     pub max_connections: usize,
+    /// Origins browsers may call from (CORS); empty: no CORS headers at all,
+    /// and `OPTIONS` is a 405 like any other method a route does not take.
+    /// `*` allows any origin.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServeOptions {
@@ -58,11 +65,10 @@ impl Default for ServeOptions {
             body_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             max_connections: 512,
+            cors_origins: Vec::new(),
         }
     }
 }
-
-static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
 
 /// Serves HTTP on `listener` until `shutdown` resolves, then finishes the
 /// requests in flight.
@@ -142,6 +148,9 @@ pub async fn serve_with(
         trust_identity_headers: options.trust_identity_headers,
         body_read_timeout: options.body_read_timeout,
     };
+    let door =
+        axum::Router::new().fallback(move |request: Request| front_door(state.clone(), request));
+    let app = hygiene(door, &options.cors_origins).map_err(std::io::Error::other)?;
     let max_connections = options.max_connections.max(1);
     let permits = Arc::new(Semaphore::new(max_connections));
     let connections = Arc::new(Connections::default());
@@ -189,7 +198,7 @@ pub async fn serve_with(
             close: Notify::new(),
         });
         connections.lock().insert(id, connection.clone());
-        let state = state.clone();
+        let app = app.clone();
         let builder = builder.clone();
         let connections = connections.clone();
         let idle_timeout = options.idle_timeout;
@@ -198,13 +207,17 @@ pub async fn serve_with(
             let tracked = connection.clone();
             let service =
                 hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                    let state = state.clone();
+                    let app = app.clone();
                     let tracked = tracked.clone();
                     tracked.in_flight.fetch_add(1, Ordering::AcqRel);
                     // Its headers are in: no longer under the header timeout.
                     tracked.headers_since_ms.store(0, Ordering::Release);
                     async move {
-                        let response = front_door(state, request.map(Body::new)).await;
+                        let response =
+                            match tower::ServiceExt::oneshot(app, request.map(Body::new)).await {
+                                Ok(response) => response,
+                                Err(never) => match never {},
+                            };
                         tracked
                             .idle_since_ms
                             .store(ms_since(started), Ordering::Release);
@@ -364,10 +377,10 @@ async fn front_door(state: ServerState, request: http::Request<Body>) -> Respons
     };
     let id = parts
         .headers
-        .get("x-request-id")
+        .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
-        .unwrap_or_else(|| format!("local-{}", NEXT_REQUEST.fetch_add(1, Ordering::Relaxed)));
+        .unwrap_or_else(new_request_id);
     parts.extensions.insert(RequestId(id));
     if state.trust_identity_headers {
         parts.extensions.insert(crate::identity::TrustedHeaders);
@@ -399,4 +412,125 @@ fn with_close(mut response: Response) -> Response {
 
 fn to_axum(response: http::Response<Bytes>) -> Response {
     response.map(Body::from)
+}
+
+/// The HTTP details clients rely on, from tower-http, in one place (outermost
+/// first): an `x-request-id` on every request (a UUID when the caller sent
+/// none) echoed on its response; CORS when origins are configured; gzip
+/// inference answers when `Accept-Encoding` asks for them (only those: see
+/// [`Compressible`]); gzip and deflate request
+/// bodies (`Content-Encoding`) decompressed before the router sees them, so
+/// the body limit applies to the decompressed size (another encoding: 415).
+fn hygiene(
+    app: axum::Router,
+    cors_origins: &[String],
+) -> Result<
+    impl tower::Service<
+        Request,
+        Response = Response,
+        Error = std::convert::Infallible,
+        Future = impl Send,
+    > + Clone
+    + Send
+    + 'static,
+    String,
+> {
+    use tower::ServiceBuilder;
+    use tower_http::compression::predicate::{DefaultPredicate, Predicate as _};
+    use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+    let request_id = http::HeaderName::from_static(REQUEST_ID);
+    let cors = cors_layer(cors_origins)?;
+    Ok(ServiceBuilder::new()
+        .map_response(|response: http::Response<_>| response.map(Body::new))
+        .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::new(request_id))
+        .option_layer(cors)
+        .layer(
+            tower_http::compression::CompressionLayer::new().compress_when(
+                DefaultPredicate::new().and(
+                    |_: http::StatusCode,
+                     _: http::Version,
+                     _: &http::HeaderMap,
+                     extensions: &http::Extensions| {
+                        extensions.get::<Compressible>().is_some()
+                    },
+                ),
+            ),
+        )
+        .layer(tower_http::decompression::RequestDecompressionLayer::new())
+        .service(app))
+}
+
+/// The request id header, set (and echoed) on every HTTP request and gRPC call.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// A new request id, for a request that came without one.
+pub fn new_request_id() -> String {
+    use tower_http::request_id::MakeRequestId as _;
+    tower_http::request_id::MakeRequestUuid
+        .make_request_id(&http::Request::new(()))
+        .and_then(|id| id.header_value().to_str().ok().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// The CORS layer for `origins` (none when empty): the V2 routes' methods,
+/// the headers tritonclient and browsers send, and the binary-data header
+/// exposed so a browser can split a binary response.
+fn cors_layer(origins: &[String]) -> Result<Option<tower_http::cors::CorsLayer>, String> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let values = origins
+            .iter()
+            .map(|o| {
+                http::HeaderValue::from_str(o)
+                    .map_err(|_| format!("CORS origin {o:?} is not a valid header value"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        AllowOrigin::list(values)
+    };
+    let header = http::HeaderName::from_static;
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([http::Method::GET, http::Method::POST, http::Method::HEAD])
+            .allow_headers([
+                http::header::CONTENT_TYPE,
+                http::header::CONTENT_ENCODING,
+                http::header::ACCEPT_ENCODING,
+                http::header::AUTHORIZATION,
+                header("inference-header-content-length"),
+                header(REQUEST_ID),
+            ])
+            .expose_headers([
+                header("inference-header-content-length"),
+                header(REQUEST_ID),
+            ])
+            .max_age(std::time::Duration::from_secs(600)),
+    ))
+}
+
+/// Serves the gRPC front door (`inference.GRPCInferenceService`) on
+/// `listener` until `shutdown` resolves, then finishes the calls in flight.
+pub async fn serve_grpc(
+    listener: TcpListener,
+    service: ModelService,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let door = crate::grpc::GrpcFrontDoor::new(service, options.trust_identity_headers);
+    tonic::transport::Server::builder()
+        .add_service(door.into_server())
+        // No Nagle: an answer goes out at once rather than after the
+        // client's delayed ACK (perf_analyzer measured 8 ms a call with it).
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
+        .await
+        .map_err(std::io::Error::other)
 }

@@ -123,6 +123,17 @@ struct Inner {
     /// The router's request buffers, reserved per request; made from the
     /// provisional split, resized to the final one when it is known.
     request_memory: RequestMemory,
+    /// Signatures, last load failures and inference statistics per version
+    /// (readiness, metadata without a load, Triton's statistics).
+    versions: crate::status::VersionRegistry,
+    /// True from start-up until `PRELOAD_MODELS` has been warmed: the server
+    /// is live but not ready meanwhile.
+    preloading: std::sync::atomic::AtomicBool,
+    /// Held by the readiness probe of the repository while it runs (by its
+    /// blocking thread, until the listing returns): at most one probe at a
+    /// time, so a hung mount holds one blocked thread, not one per health
+    /// check; concurrent checks wait for it, within their limit.
+    probing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl ModelService {
@@ -197,8 +208,12 @@ impl ModelService {
         if let (Some(_), Err(why)) = (&config.alb_oidc_signer, &alb) {
             tracing::error!("ALB OIDC tokens will be refused: {why}");
         }
+        let preloading = std::sync::atomic::AtomicBool::new(!config.preload.is_empty());
         let service = ModelService {
             inner: Arc::new(Inner {
+                versions: Default::default(),
+                preloading,
+                probing: Default::default(),
                 config,
                 repository,
                 staging,
@@ -478,7 +493,17 @@ impl ModelService {
                 .inner
                 .cache
                 .get_or_load(&resolved.key.clone(), || async move {
-                    blocking(move || inner.load_blocking(resolved)).await?
+                    let key = resolved.key.clone();
+                    let registry = inner.clone();
+                    let loaded = blocking(move || inner.load_blocking(resolved)).await?;
+                    match &loaded {
+                        Ok((model, _)) => registry
+                            .inner
+                            .versions
+                            .loaded(&key, model.loaded.signature()),
+                        Err(e) => registry.inner.versions.load_failed(&key, &e.to_string()),
+                    }
+                    loaded
                 })
                 .await
         });
@@ -673,6 +698,9 @@ impl ModelService {
             .preload_failures
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = failed;
+        self.inner
+            .preloading
+            .store(false, std::sync::atomic::Ordering::Release);
         warmed
     }
 
@@ -705,17 +733,106 @@ impl ModelService {
         self.inner.cache.contains(key)
     }
 
-    /// The signature of a model, loading it if needed.
+    /// The signature of a model, without admitting it to the cache: the one
+    /// remembered from its last load (cached or since evicted), else read by
+    /// creating a session from its verified staged copy that is dropped at
+    /// once, never charged to the cache and never evicting anything. So
+    /// metadata and model configuration never push hot models out.
     pub async fn signature(
         &self,
         name: &str,
         version: &str,
     ) -> Result<(ModelKey, Signature), Error> {
-        let (lease, _) = self.model(name, version).await?;
-        Ok((
-            lease.key().clone(),
-            lease.value().loaded.signature().clone(),
-        ))
+        let resolved = self.resolve(name, version).await?;
+        if let Some(signature) = self.inner.versions.signature(&resolved.key) {
+            return Ok((resolved.key, signature));
+        }
+        let service = self.clone();
+        let what = format!("reading the signature of model {}", resolved.key);
+        self.within_deadline(what, async move {
+            blocking(move || service.inspect_blocking(resolved)).await?
+        })
+        .await
+    }
+
+    /// `name` at `version` (a version, `latest` or an alias) resolved to a
+    /// concrete version and its manifest.
+    pub async fn resolve(&self, name: &str, version: &str) -> Result<ResolvedModel, Error> {
+        let name = ModelName::new(name)?;
+        let what = format!("reading model {name} version {version}");
+        let repository = self.inner.repository.clone();
+        let version = version.to_string();
+        self.within_deadline(what, blocking(move || repository.resolve(&name, &version)))
+            .await?
+            .map_err(Error::from)
+    }
+
+    /// Stage (verify) and open a session only to read its signature (see
+    /// [`ModelService::signature`]). Runs on a blocking thread.
+    fn inspect_blocking(&self, resolved: ResolvedModel) -> Result<(ModelKey, Signature), Error> {
+        let key = resolved.key.clone();
+        if resolved.manifest.size > self.inner.cache.budget() {
+            return Err(crate::cache::CacheError::TooLarge {
+                key: key.to_string(),
+                bytes: resolved.manifest.size,
+                budget: self.inner.cache.budget(),
+            }
+            .into());
+        }
+        let format = ModelFormat::from_file_name(&resolved.manifest.file).ok_or_else(|| {
+            RepositoryError::InvalidManifest {
+                key: key.to_string(),
+                reason: "file must end in .ort or .onnx".into(),
+            }
+        })?;
+        let fetch = FetchOptions {
+            readers: self.inner.config.fetch_readers,
+            ..FetchOptions::default()
+        };
+        let staged = self.inner.staging.stage(&resolved, fetch)?;
+        let loaded = self
+            .engine()?
+            .load_bytes(staged.bytes, format, &key.to_string());
+        let signature = match loaded {
+            Ok(loaded) => loaded.signature().clone(),
+            Err(e) => {
+                self.inner.versions.load_failed(&key, &e.to_string());
+                return Err(e.into());
+            }
+        };
+        self.inner.versions.loaded(&key, &signature);
+        Ok((key, signature))
+    }
+
+    /// Per-version signatures, load failures and inference statistics.
+    pub fn versions(&self) -> &crate::status::VersionRegistry {
+        &self.inner.versions
+    }
+
+    /// Whether `PRELOAD_MODELS` is still being warmed.
+    pub fn preloading(&self) -> bool {
+        self.inner
+            .preloading
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether the repository's root can be listed now, within `limit` (a
+    /// hung mount counts as unreadable, and the answer never waits longer).
+    /// While an earlier probe is stuck, later ones wait for it and give up
+    /// at their limit.
+    pub async fn repository_readable(&self, limit: std::time::Duration) -> bool {
+        let root = self.inner.repository.root().to_path_buf();
+        let probing = self.inner.probing.clone();
+        let probe = async move {
+            let held = probing.lock_owned().await;
+            blocking(move || {
+                let _held = held;
+                std::fs::read_dir(&root)
+                    .and_then(|mut entries| entries.next().transpose().map(|_| ()))
+            })
+            .await
+        };
+        matches!(tokio::time::timeout(limit, probe).await, Ok(Ok(Ok(()))))
     }
 }
 

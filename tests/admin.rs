@@ -123,12 +123,22 @@ async fn the_admin_listener_loads_unloads_reports_and_exports_metrics() {
         ])
     );
 
-    // The front door has no admin route.
-    for path in ["/v2/repository/index", "/admin/status", "/metrics"] {
+    // The front door has no admin route. It answers Triton's read-only
+    // repository index (tritonclient's get_model_repository_index), and
+    // refuses load and unload as unsupported there (docs/protocols.md).
+    for path in ["/admin/status", "/admin/warm", "/metrics"] {
         let (status, answer) = call(front, "POST", path, &json!({})).await;
         assert_eq!(
             (status, answer["code"].as_str()),
             (404, Some("route_not_found")),
+            "{path}"
+        );
+    }
+    for path in ["/v2/repository/models/mlp/load", "/v2/repository/models/mlp/unload"] {
+        let (status, answer) = call(front, "POST", path, &json!({})).await;
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (400, Some("not_supported")),
             "{path}"
         );
     }

@@ -144,7 +144,10 @@ async fn server_metadata_and_health() {
     assert_eq!(status, 200, "{metadata}");
     assert_eq!(metadata["name"], "model-router");
     assert_eq!(metadata["version"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(metadata["extensions"], json!(["binary_tensor_data"]));
+    assert_eq!(
+        metadata["extensions"],
+        json!(["binary_tensor_data", "model_configuration", "statistics"])
+    );
     assert_eq!(
         server.get("/v2/health/live").await,
         (200, json!({"live": true}))
@@ -574,13 +577,13 @@ async fn outputs_are_selected_ids_echoed_and_bad_requests_named() {
                 r["outputs"] = json!([{"name": "out_bool", "parameters": {"classification": 2}}])
             }),
             400,
-            "invalid_input",
+            "not_supported",
             vec!["out_bool", "classification"],
         ),
         (
             with(&|r| r["inputs"][0]["parameters"] = json!({"shared_memory_region": "r"})),
             400,
-            "invalid_input",
+            "not_supported",
             vec!["in_bool", "shared_memory_region"],
         ),
     ];

@@ -6,7 +6,7 @@
 pub mod admin;
 pub mod json;
 mod simple;
-mod v2;
+pub(crate) mod v2;
 
 use std::time::Instant;
 
@@ -22,6 +22,14 @@ use crate::service::{LoadInfo, ModelService};
 /// logged with the request.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
+
+/// Marks an inference answer (V2 infer, simple predict) as worth compressing
+/// when the caller accepts gzip; the front door decides. Other answers are
+/// never compressed: they are small, and tritonclient's asyncio client reads
+/// its metadata answers without decompressing them, as Triton's are never
+/// compressed.
+#[derive(Debug, Clone, Copy)]
+pub struct Compressible;
 
 /// What one request did, for the one log line and the metrics, and the
 /// request memory it holds.
@@ -82,10 +90,13 @@ pub async fn handle(service: &ModelService, request: Request<Bytes>) -> Response
     };
     // The response is built: what the request held is given back.
     record.memory = None;
-    let (response, code) = match result {
+    let (mut response, code) = match result {
         Ok(response) => (response, None),
         Err(error) => (error_response(&error), Some(error.code())),
     };
+    if record.inference_ms.is_some() && response.status() == StatusCode::OK {
+        response.extensions_mut().insert(Compressible);
+    }
     record_request(
         service,
         &request,
@@ -100,7 +111,7 @@ pub async fn handle(service: &ModelService, request: Request<Bytes>) -> Response
 
 /// The one log line and the metrics of a request. Never logs the body: model
 /// inputs stay out of the logs.
-fn record_request(
+pub(crate) fn record_request(
     service: &ModelService,
     request: &Request<Bytes>,
     request_id: &str,
@@ -222,7 +233,7 @@ async fn route(
             only(Method::POST, "POST")?;
             simple::predict(service, name, version, body, record).await
         }
-        ["v2", rest @ ..] => v2::route(service, request, rest, record, &only).await,
+        ["v2", rest @ ..] => v2::route(service, request, rest, record, &only, &caller).await,
         _ => Err(RequestError::RouteNotFound {
             method: method.to_string(),
             path: request.uri().path().to_string(),
@@ -235,6 +246,8 @@ async fn route(
 fn model_of<'a>(parts: &[&'a str]) -> Option<(&'a str, &'a str)> {
     match parts {
         ["models", name, version, "predict"] => Some((name, version)),
+        // Triton's statistics of every model, not a model named "stats".
+        ["v2", "models", "stats"] => None,
         ["v2", "models", name, "versions", version, ..] => Some((name, version)),
         ["v2", "models", name, ..] => Some((name, "latest")),
         _ => None,
@@ -315,8 +328,20 @@ pub fn json_response(
     response
 }
 
+/// An error's JSON body and status; a 405 says in `Allow` what is allowed.
 pub fn error_response(error: &Error) -> Response<Bytes> {
-    json_response(error.status(), &error.body())
+    let mut response = json_response(error.status(), &error.body());
+    if let Error::Request(RequestError::MethodNotAllowed { allowed, .. }) = error {
+        response.headers_mut().insert(
+            header::ALLOW,
+            header::HeaderValue::from_static(match *allowed {
+                // GET routes answer HEAD too.
+                "GET" => "GET, HEAD",
+                other => other,
+            }),
+        );
+    }
+    response
 }
 
 #[cfg(test)]

@@ -9,22 +9,24 @@
 //! type. Strict V2 clients (tritonclient's `as_numpy`) read them as strings;
 //! `json.loads` of each element gives the object docs/protocols.md shows.
 
-mod binary;
+pub(crate) mod binary;
+pub(crate) mod call;
+pub(crate) mod facts;
 
 use std::borrow::Cow;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use self::call::{InferCall, InputData, Outputs, ParsedInput};
 use super::RequestRecord;
-use super::json::{FlatJson, OutputJson, flatten, input_type, invalid, to_tensor};
+use super::json::{FlatJson, flatten, invalid};
 use super::json_response;
-use crate::engine::{
-    Dim, ElementType, OutputValue, Signature, Tensor, TensorData, ValueInfo, ValueKind,
-};
 use crate::error::{Error, RequestError};
+use crate::identity::Caller;
 use crate::service::ModelService;
 
 #[derive(Deserialize)]
@@ -32,6 +34,12 @@ use crate::service::ModelService;
 struct InferRequest {
     #[serde(default)]
     id: Option<String>,
+    /// Sent by KServe's typed client (`InferRequest.to_rest()`); must agree
+    /// with the path when given.
+    #[serde(default)]
+    model_name: Option<String>,
+    #[serde(default)]
+    model_version: Option<String>,
     inputs: Vec<InferInput>,
     #[serde(default)]
     outputs: Option<Vec<RequestedOutput>>,
@@ -63,16 +71,7 @@ struct RequestedOutput {
 }
 
 /// The shape of a V2 infer request's JSON, for error messages.
-const REQUEST_FORM: &str = r#"{"id"?: "...", "inputs": [{"name", "shape", "datatype", "data"}], "outputs"?: [{"name"}], "parameters"?: {...}}"#;
-
-/// Parameters model-router cannot honour: refused rather than ignored, so a
-/// client never reads shared memory that was never written.
-const UNSUPPORTED_PARAMETERS: [&str; 4] = [
-    "shared_memory_region",
-    "shared_memory_byte_size",
-    "shared_memory_offset",
-    "classification",
-];
+const REQUEST_FORM: &str = r#"{"id"?: "...", "model_name"?: "...", "model_version"?: "...", "inputs": [{"name", "shape", "datatype", "data"}], "outputs"?: [{"name"}], "parameters"?: {...}}"#;
 
 pub(super) async fn route(
     service: &ModelService,
@@ -80,6 +79,7 @@ pub(super) async fn route(
     rest: &[&str],
     record: &mut RequestRecord,
     only: &(dyn Fn(Method, &'static str) -> Result<(), Error> + Sync),
+    caller: &Caller,
 ) -> Result<Response<Bytes>, Error> {
     let method = request.method();
     let ok = |body: Value| -> Result<Response<Bytes>, Error> {
@@ -88,10 +88,11 @@ pub(super) async fn route(
     match rest {
         [] => {
             only(Method::GET, "GET")?;
+            let server = facts::server_metadata();
             ok(json!({
-                "name": "model-router",
-                "version": env!("CARGO_PKG_VERSION"),
-                "extensions": ["binary_tensor_data"],
+                "name": server.name,
+                "version": server.version,
+                "extensions": server.extensions,
             }))
         }
         ["health", "live"] => {
@@ -100,7 +101,28 @@ pub(super) async fn route(
         }
         ["health", "ready"] => {
             only(Method::GET, "GET")?;
-            ok(json!({"ready": true}))
+            let ready = facts::server_ready(service).await;
+            Ok(readiness(json!({"ready": ready.is_ok()}), ready.err()))
+        }
+        ["models", "stats"] => {
+            only(Method::GET, "GET")?;
+            ok(facts::stats_json(
+                &facts::stats(service, caller, None, None).await?,
+            ))
+        }
+        ["repository", "index"] => {
+            only(Method::POST, "POST")?;
+            let index = facts::repository_index(service, caller).await?;
+            ok(Value::Array(
+                index
+                    .into_iter()
+                    .map(|m| json!({"name": m.name, "version": m.version, "state": m.state, "reason": m.reason}))
+                    .collect(),
+            ))
+        }
+        ["repository", "models", _, action @ ("load" | "unload")] => {
+            only(Method::POST, "POST")?;
+            Err(facts::repository_control_refused(action))
         }
         ["models", name, tail @ ..] => {
             let (version, action) = match tail {
@@ -113,11 +135,29 @@ pub(super) async fn route(
             match action {
                 None => {
                     only(Method::GET, "GET")?;
-                    ok(metadata(service, name, version).await?)
+                    ok(metadata_json(
+                        &facts::model_metadata(service, name, version).await?,
+                    ))
                 }
                 Some("ready") => {
                     only(Method::GET, "GET")?;
-                    ok(ready(service, name, version).await?)
+                    let ready = facts::model_ready(service, name, version).await?;
+                    Ok(readiness(
+                        json!({"name": name, "version": ready.version, "ready": ready.why_not.is_none(), "loaded": ready.loaded}),
+                        ready.why_not,
+                    ))
+                }
+                Some("config") => {
+                    only(Method::GET, "GET")?;
+                    ok(facts::model_config(service, name, version).await?.to_json())
+                }
+                Some("stats") => {
+                    only(Method::GET, "GET")?;
+                    let pinned = tail.first() == Some(&"versions");
+                    let stats =
+                        facts::stats(service, caller, Some(name), pinned.then_some(version))
+                            .await?;
+                    ok(facts::stats_json(&stats))
                 }
                 Some("infer") => {
                     only(Method::POST, "POST")?;
@@ -138,6 +178,18 @@ pub(super) async fn route(
     }
 }
 
+/// A readiness answer: 200 when ready; 400 with the reason when not (the
+/// Open Inference Protocol's "4xx means false", which tritonclient reads).
+fn readiness(mut body: Value, why_not: Option<String>) -> Response<Bytes> {
+    match why_not {
+        None => json_response(StatusCode::OK, &body),
+        Some(reason) => {
+            body["reason"] = Value::String(reason);
+            json_response(StatusCode::BAD_REQUEST, &body)
+        }
+    }
+}
+
 fn not_found(method: &Method, rest: &[&str]) -> Error {
     RequestError::RouteNotFound {
         method: method.to_string(),
@@ -146,77 +198,27 @@ fn not_found(method: &Method, rest: &[&str]) -> Error {
     .into()
 }
 
-/// A V2 tensor description: `{"name", "datatype", "shape"}`, -1 for dynamic dimensions.
-fn tensor_metadata(info: &ValueInfo) -> Value {
-    match &info.kind {
-        ValueKind::Tensor {
-            element_type,
-            shape,
-        } => {
-            let shape: Vec<i64> = shape
-                .iter()
-                .map(|d| match d {
-                    Dim::Fixed(n) => i64::try_from(*n).unwrap_or(i64::MAX),
-                    Dim::Dynamic(_) => -1,
-                })
-                .collect();
-            json!({"name": info.name, "datatype": element_type.v2_name(), "shape": shape})
-        }
-        ValueKind::Other { description } => {
-            json!({"name": info.name, "datatype": "BYTES", "shape": [-1], "parameters": {"onnx_type": description}})
-        }
-    }
-}
-
-/// `GET /v2/models/{name}[/versions/{version}]`.
-async fn metadata(service: &ModelService, name: &str, version: &str) -> Result<Value, Error> {
-    let (key, signature) = service.signature(name, version).await?;
-    let Signature { inputs, outputs } = signature;
-    let repository = service.repository().clone();
-    let model_name = key.name().clone();
-    let versions = tokio::task::spawn_blocking(move || repository.versions(&model_name))
-        .await
-        .map_err(|e| Error::Engine(crate::engine::EngineError::Inference(e.to_string())))??;
-    Ok(json!({
-        "name": key.name().as_str(),
-        "versions": versions,
-        "platform": "onnxruntime_onnx",
-        "inputs": inputs.iter().map(tensor_metadata).collect::<Vec<_>>(),
-        "outputs": outputs.iter().map(tensor_metadata).collect::<Vec<_>>(),
-    }))
-}
-
-/// Ready when the version resolves to a readable manifest; loading happens on
-/// first use (or a warm), so readiness does not load the model.
-async fn ready(service: &ModelService, name: &str, version: &str) -> Result<Value, Error> {
-    let name_checked = crate::repository::ModelName::new(name)?;
-    let repository = service.repository().clone();
-    let version_owned = version.to_string();
-    let resolved =
-        tokio::task::spawn_blocking(move || repository.resolve(&name_checked, &version_owned))
-            .await
-            .map_err(|e| Error::Engine(crate::engine::EngineError::Inference(e.to_string())))??;
-    Ok(json!({
-        "name": name,
-        "version": resolved.key.version(),
-        "ready": true,
-        "loaded": service.is_cached(&resolved.key),
-    }))
-}
-
-/// An input's data as it came: JSON leaves, or its slice of the binary part.
-enum InputData<'a> {
-    Json(Vec<&'a Value>),
-    Binary(&'a [u8]),
-}
-
-/// One input, checked as far as it can be without the model.
-struct ParsedInput<'a> {
-    name: &'a str,
-    datatype: ElementType,
-    shape: Vec<usize>,
-    count: usize,
-    data: InputData<'a>,
+/// `GET /v2/models/{name}[/versions/{version}]` as JSON.
+fn metadata_json(metadata: &facts::ModelMetadata) -> Value {
+    let tensors = |tensors: &[facts::TensorMetadata]| -> Vec<Value> {
+        tensors
+            .iter()
+            .map(|t| {
+                let mut v = json!({"name": t.name, "datatype": t.datatype, "shape": t.shape});
+                if let Some(onnx_type) = &t.onnx_type {
+                    v["parameters"] = json!({"onnx_type": onnx_type});
+                }
+                v
+            })
+            .collect()
+    };
+    json!({
+        "name": metadata.name,
+        "versions": metadata.versions,
+        "platform": metadata.platform,
+        "inputs": tensors(&metadata.inputs),
+        "outputs": tensors(&metadata.outputs),
+    })
 }
 
 /// `POST /v2/models/{name}[/versions/{version}]/infer`.
@@ -228,6 +230,7 @@ async fn infer(
     body: &[u8],
     record: &mut RequestRecord,
 ) -> Result<Response<Bytes>, Error> {
+    let started = Instant::now();
     let (header, mut binary) = split_body(headers, body)?;
     let value: Value =
         serde_json::from_slice(header).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
@@ -236,10 +239,17 @@ async fn infer(
             "the body is not an Open Inference Protocol request ({e}); expected {REQUEST_FORM}"
         ))
     })?;
+    call::check_body_model(
+        name,
+        version,
+        request.model_name.as_deref(),
+        request.model_version.as_deref(),
+    )?;
+    let deadline = call::request_deadline(request.parameters.as_ref(), started)?;
     // Everything checkable without the model is checked before it is loaded.
-    let mut parsed = Vec::with_capacity(request.inputs.len());
+    let mut inputs = Vec::with_capacity(request.inputs.len());
     for input in &request.inputs {
-        parsed.push(parse_input(input, &mut binary)?);
+        inputs.push(parse_input(input, &mut binary)?);
     }
     if !binary.is_empty() {
         return Err(invalid(format!(
@@ -247,68 +257,48 @@ async fn infer(
             binary.len()
         )));
     }
-    let outputs = Outputs::parse(&request)?;
+    let outputs = parse_outputs(&request)?;
+    let answer = call::run(
+        service,
+        name,
+        version,
+        InferCall {
+            inputs,
+            outputs,
+            deadline,
+        },
+        record,
+    )
+    .await?;
 
-    let (lease, load) = service.model(name, version).await?;
-    record.loaded(&lease, load);
-    let signature = lease.value().loaded.signature();
-    let onnx_types: Vec<(String, String)> = signature
-        .outputs
-        .iter()
-        .filter_map(|info| match &info.kind {
-            ValueKind::Other { description } => Some((info.name.clone(), description.clone())),
-            ValueKind::Tensor { .. } => None,
-        })
-        .collect();
-    let inputs = parsed
-        .into_iter()
-        .map(|input| {
-            let ty = input_type(signature, input.name, Some(input.datatype))?;
-            let tensor = match input.data {
-                InputData::Json(leaves) => to_tensor(input.name, input.shape, &leaves, ty)?,
-                InputData::Binary(bytes) => {
-                    binary::decode(input.name, ty, input.shape, input.count, bytes)?
-                }
-            };
-            Ok((input.name.to_string(), tensor))
-        })
-        .collect::<Result<Vec<_>, Error>>()?;
-    let prediction = service
-        .predict(lease, load, inputs, outputs.names(), record.memory.take())
-        .await?;
-    record.predicted(&prediction);
-
-    let tensors = prediction
-        .outputs
-        .iter()
-        .map(|(name, value)| Ok((name.as_str(), v2_tensor(value)?)))
-        .collect::<Result<Vec<_>, Error>>()?;
     let mut tail = Vec::new();
     let mut any_binary = false;
-    let mut answers = Vec::with_capacity(tensors.len());
-    for (name, tensor) in &tensors {
+    let mut answers = Vec::with_capacity(answer.outputs.len());
+    for output in &answer.outputs {
+        let tensor = &output.tensor;
+        // Output parameters only where they say something: tritonclient 2.50
+        // reads any output `parameters` as "this output is binary".
         let mut parameters = Map::new();
-        if let Some((_, onnx_type)) = onnx_types.iter().find(|(output, _)| output == name) {
+        if let Some(onnx_type) = &output.onnx_type {
             parameters.insert("onnx_type".into(), onnx_type.as_str().into());
         }
-        let binary = outputs.binary(name);
-        if binary {
+        if output.binary {
             any_binary = true;
             let start = tail.len();
             binary::encode(tensor.data(), &mut tail);
             parameters.insert("binary_data_size".into(), (tail.len() - start).into());
         }
         answers.push(OutputTensor {
-            name,
+            name: &output.name,
             datatype: tensor.element_type().v2_name(),
             shape: tensor.shape(),
-            data: (!binary).then(|| FlatJson(tensor.data())),
+            data: (!output.binary).then(|| FlatJson(tensor.data())),
             parameters,
         });
     }
     let response = InferResponse {
-        model_name: prediction.key.name().as_str(),
-        model_version: prediction.key.version(),
+        model_name: answer.key.name().as_str(),
+        model_version: answer.key.version(),
         id: request.id.as_deref(),
         outputs: answers,
     };
@@ -366,34 +356,8 @@ fn split_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<(&'a [u8], &'a 
 
 fn parse_input<'a>(input: &'a InferInput, binary: &mut &'a [u8]) -> Result<ParsedInput<'a>, Error> {
     let name = input.name.as_str();
-    refuse_unsupported(&format!("input {name:?}"), input.parameters.as_ref())?;
-    let datatype = ElementType::from_v2_name(&input.datatype).ok_or_else(|| {
-        invalid(format!(
-            "input {name:?} has unknown datatype {:?}; expected one of {}",
-            input.datatype,
-            ElementType::ALL.map(|t| t.v2_name()).join(", ")
-        ))
-    })?;
-    let shape = input
-        .shape
-        .iter()
-        .map(|&d| usize::try_from(d).ok())
-        .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| {
-            invalid(format!(
-                "input {name:?} has a negative dimension in shape {:?}",
-                input.shape
-            ))
-        })?;
-    let count = shape
-        .iter()
-        .try_fold(1usize, |n, &d| n.checked_mul(d))
-        .ok_or_else(|| {
-            invalid(format!(
-                "input {name:?} has shape {:?}, whose element count overflows",
-                input.shape
-            ))
-        })?;
+    call::refuse_unsupported(&format!("input {name:?}"), input.parameters.as_ref())?;
+    let (datatype, shape, count) = call::checked_tensor(name, &input.datatype, &input.shape)?;
     let binary_size = match input
         .parameters
         .as_ref()
@@ -434,7 +398,7 @@ fn parse_input<'a>(input: &'a InferInput, binary: &mut &'a [u8]) -> Result<Parse
                 )));
             };
             *binary = rest;
-            InputData::Binary(mine)
+            InputData::Binary(Cow::Borrowed(mine))
         }
         (None, Some(data)) => {
             let array = flatten(name, data)?;
@@ -457,101 +421,38 @@ fn parse_input<'a>(input: &'a InferInput, binary: &mut &'a [u8]) -> Result<Parse
     })
 }
 
-fn refuse_unsupported(what: &str, parameters: Option<&Map<String, Value>>) -> Result<(), Error> {
-    let Some(parameters) = parameters else {
-        return Ok(());
-    };
-    match UNSUPPORTED_PARAMETERS
-        .iter()
-        .find(|p| parameters.contains_key(**p))
-    {
-        Some(parameter) => Err(invalid(format!(
-            "{what} uses parameter {parameter:?}, which model-router does not support (no shared memory or classification extension); send the data in the request"
-        ))),
-        None => Ok(()),
-    }
-}
-
-/// Which outputs the request asks for, and in which form.
-struct Outputs {
-    /// `None`: every output, in model order.
-    requested: Option<Vec<(String, bool)>>,
-    /// `parameters.binary_data_output` of the request: the form of outputs
-    /// that do not say.
-    binary_default: bool,
-}
-
-impl Outputs {
-    fn parse(request: &InferRequest) -> Result<Outputs, Error> {
-        let flag = |what: &str, parameters: &Option<Map<String, Value>>, key: &str| match parameters
-            .as_ref()
-            .and_then(|p| p.get(key))
-        {
-            None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(other) => Err(invalid(format!(
-                "{what} has parameter {key:?} = {other}; expected true or false"
-            ))),
-        };
-        let binary_default =
-            flag("the request", &request.parameters, "binary_data_output")?.unwrap_or(false);
-        let requested = match &request.outputs {
-            None => None,
-            Some(outputs) => Some(
-                outputs
-                    .iter()
-                    .map(|output| {
-                        let what = format!("output {:?}", output.name);
-                        refuse_unsupported(&what, output.parameters.as_ref())?;
-                        let binary = flag(&what, &output.parameters, "binary_data")?
-                            .unwrap_or(binary_default);
-                        Ok((output.name.clone(), binary))
-                    })
-                    .collect::<Result<Vec<_>, Error>>()?,
-            ),
-        };
-        Ok(Outputs {
-            requested,
-            binary_default,
-        })
-    }
-
-    fn names(&self) -> Option<Vec<String>> {
-        self.requested
-            .as_ref()
-            .map(|outputs| outputs.iter().map(|(name, _)| name.clone()).collect())
-    }
-
-    fn binary(&self, name: &str) -> bool {
-        match &self.requested {
-            None => self.binary_default,
-            Some(outputs) => outputs
+/// Which outputs a REST request asks for, and in which form; `"outputs": []`
+/// is every output (see [`call::Outputs`]).
+fn parse_outputs(request: &InferRequest) -> Result<Outputs, Error> {
+    let binary_default = call::flag(
+        "the request",
+        request.parameters.as_ref(),
+        "binary_data_output",
+    )?
+    .unwrap_or(false);
+    let requested = match request.outputs.as_deref() {
+        None | Some([]) => None,
+        Some(outputs) => Some(
+            outputs
                 .iter()
-                .find(|(output, _)| output == name)
-                .is_some_and(|(_, binary)| *binary),
-        }
-    }
-}
-
-/// An output as a V2 tensor: tensors as they are; sequences and maps as BYTES
-/// holding the JSON text of each item (see the module doc).
-fn v2_tensor(value: &OutputValue) -> Result<Cow<'_, Tensor>, Error> {
-    let texts: Vec<String> = match value {
-        OutputValue::Tensor(tensor) => return Ok(Cow::Borrowed(tensor)),
-        OutputValue::Sequence(items) => items
-            .iter()
-            .map(|item| json_text(&OutputJson(item)))
-            .collect(),
-        OutputValue::Map(_) => vec![json_text(&OutputJson(value))],
+                .map(|output| {
+                    let what = format!("output {:?}", output.name);
+                    call::refuse_unsupported(&what, output.parameters.as_ref())?;
+                    let binary = call::flag(&what, output.parameters.as_ref(), "binary_data")?
+                        .unwrap_or(binary_default);
+                    Ok((output.name.clone(), binary))
+                })
+                .collect::<Result<Vec<_>, Error>>()?,
+        ),
     };
-    Ok(Cow::Owned(Tensor::new(
-        vec![texts.len()],
-        TensorData::Bytes(texts),
-    )?))
+    Ok(Outputs {
+        requested,
+        binary_default,
+    })
 }
 
 /// JSON text of a value that always serialises (our own output types).
-fn json_text(value: &impl Serialize) -> String {
+pub(crate) fn json_text(value: &impl Serialize) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".into())
 }
 

@@ -45,19 +45,23 @@ def datatypes(model):
 
 class Server:
     """``model-router serve`` in a child process, its address read from the
-    ``listening on http://...`` line it prints on stdout."""
+    ``listening on http://...`` line it prints on stdout (and the gRPC one from
+    ``grpc listening on ...`` when ``--grpc-addr`` is given)."""
 
-    def __init__(self, repo, staging, *extra_args):
+    def __init__(self, repo, staging, *extra_args, env=None):
         self.process = subprocess.Popen(
             [str(BINARY), "serve", "--repo", str(repo), "--addr", "127.0.0.1:0",
              "--staging-dir", str(staging), *extra_args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env={**os.environ, **(env or {})},
         )
         self.stderr = []
         self._listening = threading.Event()
         self.url = None
+        self.grpc_url = None
+        self._wants_grpc = "--grpc-addr" in extra_args
         # stdout and stderr are read for the server's whole life, so that a
         # full pipe never blocks it.
         threading.Thread(target=self._read_stdout, daemon=True).start()
@@ -70,6 +74,9 @@ class Server:
         for line in self.process.stdout:
             if self.url is None and "listening on http://" in line:
                 self.url = line.split("http://", 1)[1].strip()
+            if self.grpc_url is None and "grpc listening on " in line:
+                self.grpc_url = line.split("grpc listening on ", 1)[1].strip()
+            if self.url is not None and (self.grpc_url is not None or not self._wants_grpc):
                 self._listening.set()
         self._listening.set()
 

@@ -14,11 +14,11 @@ use crate::error::Error;
 use crate::http::json::invalid;
 
 /// The header that gives the length of the JSON part of a body.
-pub(super) const HEADER_LENGTH: &str = "inference-header-content-length";
+pub(crate) const HEADER_LENGTH: &str = "inference-header-content-length";
 
 /// Decodes the `bytes` given for input `input` into a tensor of `ty` and `shape`.
 /// Every byte must be used: a size that does not match the shape is refused.
-pub(super) fn decode(
+pub(crate) fn decode(
     input: &str,
     ty: ElementType,
     shape: Vec<usize>,
@@ -137,7 +137,7 @@ fn strings(input: &str, shape: &[usize], count: usize, bytes: &[u8]) -> Result<V
 }
 
 /// Appends the binary form of `data` to `out`.
-pub(super) fn encode(data: &TensorData, out: &mut Vec<u8>) {
+pub(crate) fn encode(data: &TensorData, out: &mut Vec<u8>) {
     macro_rules! little_endian {
         ($values:expr) => {
             for value in $values {
