@@ -134,7 +134,10 @@ async fn the_admin_listener_loads_unloads_reports_and_exports_metrics() {
             "{path}"
         );
     }
-    for path in ["/v2/repository/models/mlp/load", "/v2/repository/models/mlp/unload"] {
+    for path in [
+        "/v2/repository/models/mlp/load",
+        "/v2/repository/models/mlp/unload",
+    ] {
         let (status, answer) = call(front, "POST", path, &json!({})).await;
         assert_eq!(
             (status, answer["code"].as_str()),

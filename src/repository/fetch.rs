@@ -116,6 +116,11 @@ pub fn fetch(
         .map_err(|e| unavailable(model, format!("cannot allocate {len} bytes for it: {e}")))?;
     // Huge pages where the kernel allows them (`madvise` mode): a 128 MiB model
     // faults in 64 times instead of 32,768. Only advice: without it, 4 KiB pages.
+    // Measured here, 128 MiB read + sha256: 74-85 ms with it most of the time,
+    // but 160-420 ms one run in five (no compaction stall counted; cause not
+    // found); 105-114 ms every time without it, and the router's first
+    // request then missed its 1.3x target (1.45x). Kept for the median; the
+    // tail is an open question (README, "Benchmarks").
     let _ = memory.advise(Advice::HugePage);
     let options = FetchOptions {
         readers: if is_network_filesystem(&file) {
