@@ -199,18 +199,27 @@ impl Reservation {
             .sum()
     }
 
-    /// Grows the reservation to `bytes` in all, waiting like
-    /// [`RequestMemory::reserve`] for other requests to give memory back.
-    pub async fn grow_waiting(&self, bytes: u64) -> Result<(), MemoryError> {
+    /// What growing to `bytes` in all takes: the pool and the units still
+    /// missing, or `None` when nothing is (no limit, or enough held already);
+    /// `TooLarge` when `bytes` can never fit.
+    fn missing(&self, bytes: u64) -> Result<Option<(&Arc<Semaphore>, u32)>, MemoryError> {
         let Some(pool) = &self.memory.pool else {
-            return Ok(());
+            return Ok(None);
         };
         let held = self.bytes();
         if bytes <= held {
-            return Ok(());
+            return Ok(None);
         }
         self.memory.units(bytes)?;
-        let units = self.memory.units(bytes - held)?;
+        Ok(Some((pool, self.memory.units(bytes - held)?)))
+    }
+
+    /// Grows the reservation to `bytes` in all, waiting like
+    /// [`RequestMemory::reserve`] for other requests to give memory back.
+    pub async fn grow_waiting(&self, bytes: u64) -> Result<(), MemoryError> {
+        let Some((pool, units)) = self.missing(bytes)? else {
+            return Ok(());
+        };
         let acquired =
             tokio::time::timeout(self.memory.wait, pool.clone().acquire_many_owned(units)).await;
         match acquired {
@@ -253,15 +262,9 @@ impl Reservation {
     /// Grows the reservation to `bytes` in all, without waiting (it is called
     /// with a session locked).
     pub fn grow(&self, bytes: u64) -> Result<(), MemoryError> {
-        let Some(pool) = &self.memory.pool else {
+        let Some((pool, units)) = self.missing(bytes)? else {
             return Ok(());
         };
-        let held = self.bytes();
-        if bytes <= held {
-            return Ok(());
-        }
-        self.memory.units(bytes)?;
-        let units = self.memory.units(bytes - held)?;
         match pool.clone().try_acquire_many_owned(units) {
             Ok(permit) => {
                 self.lock().push(permit);

@@ -18,7 +18,7 @@ use crate::memory::{MemorySplit, RequestMemory, Reservation};
 use crate::policy::{Access, AccessControl, Policy, PolicyStatus};
 use crate::repository::{
     FetchOptions, Manifest, ModelKey, ModelName, Repository, RepositoryError, ResolvedModel,
-    StageSource, Staging, StagingStats,
+    StageSource, Staged, Staging, StagingStats,
 };
 
 /// A loaded model as the cache holds it.
@@ -410,11 +410,7 @@ impl ModelService {
         {
             return Ok(self.count_hit(lease));
         }
-        let what = format!("reading model {name} version {version}");
-        let version = version.to_string();
-        let resolved = self
-            .repository_call(what, move |repository| repository.resolve(&name, &version))
-            .await?;
+        let resolved = self.resolve(name.as_str(), version).await?;
         self.load(resolved).await
     }
 
@@ -540,27 +536,8 @@ impl ModelService {
     fn load_blocking(&self, resolved: ResolvedModel) -> Result<(Model, u64), Error> {
         let inner = &self.inner;
         let key = resolved.key.clone();
-        // Refuse a model that can never fit before reading a byte of it.
-        if resolved.manifest.size > inner.cache.budget() {
-            return Err(crate::cache::CacheError::TooLarge {
-                key: key.to_string(),
-                bytes: resolved.manifest.size,
-                budget: inner.cache.budget(),
-            }
-            .into());
-        }
-        let format = ModelFormat::from_file_name(&resolved.manifest.file).ok_or_else(|| {
-            RepositoryError::InvalidManifest {
-                key: key.to_string(),
-                reason: "file must end in .ort or .onnx".into(),
-            }
-        })?;
         let started = Instant::now();
-        let fetch = FetchOptions {
-            readers: inner.config.fetch_readers,
-            ..FetchOptions::default()
-        };
-        let staged = inner.staging.stage(&resolved, fetch)?;
+        let (format, staged) = self.verified_bytes(&resolved)?;
         let stage_source = staged.source;
         let stage_ms = started.elapsed().as_secs_f64() * 1e3;
         // Only a verified model may push others out.
@@ -760,22 +737,22 @@ impl ModelService {
     pub async fn resolve(&self, name: &str, version: &str) -> Result<ResolvedModel, Error> {
         let name = ModelName::new(name)?;
         let what = format!("reading model {name} version {version}");
-        let repository = self.inner.repository.clone();
         let version = version.to_string();
-        self.within_deadline(what, blocking(move || repository.resolve(&name, &version)))
-            .await?
-            .map_err(Error::from)
+        self.repository_call(what, move |repository| repository.resolve(&name, &version))
+            .await
     }
 
-    /// Stage (verify) and open a session only to read its signature (see
-    /// [`ModelService::signature`]). Runs on a blocking thread.
-    fn inspect_blocking(&self, resolved: ResolvedModel) -> Result<(ModelKey, Signature), Error> {
-        let key = resolved.key.clone();
-        if resolved.manifest.size > self.inner.cache.budget() {
+    /// The verified bytes of `resolved` and its format, for a load or an
+    /// inspection: a model that can never fit the cache is refused before a
+    /// byte of it is read. Blocking.
+    fn verified_bytes(&self, resolved: &ResolvedModel) -> Result<(ModelFormat, Staged), Error> {
+        let inner = &self.inner;
+        let key = &resolved.key;
+        if resolved.manifest.size > inner.cache.budget() {
             return Err(crate::cache::CacheError::TooLarge {
                 key: key.to_string(),
                 bytes: resolved.manifest.size,
-                budget: self.inner.cache.budget(),
+                budget: inner.cache.budget(),
             }
             .into());
         }
@@ -786,10 +763,17 @@ impl ModelService {
             }
         })?;
         let fetch = FetchOptions {
-            readers: self.inner.config.fetch_readers,
+            readers: inner.config.fetch_readers,
             ..FetchOptions::default()
         };
-        let staged = self.inner.staging.stage(&resolved, fetch)?;
+        Ok((format, inner.staging.stage(resolved, fetch)?))
+    }
+
+    /// Stage (verify) and open a session only to read its signature (see
+    /// [`ModelService::signature`]). Runs on a blocking thread.
+    fn inspect_blocking(&self, resolved: ResolvedModel) -> Result<(ModelKey, Signature), Error> {
+        let key = resolved.key.clone();
+        let (format, staged) = self.verified_bytes(&resolved)?;
         let loaded = self
             .engine()?
             .load_bytes(staged.bytes, format, &key.to_string());

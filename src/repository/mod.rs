@@ -95,7 +95,7 @@ pub struct ResolvedModel {
 /// Cheap to clone (clones share what they remember); holds no open files.
 /// Manifests are read from disk on every load. What a version string
 /// (`latest`, an alias, a concrete version) resolved to is remembered for
-/// [`Repository::resolve_ttl`] (`RESOLVE_CACHE_SECONDS`), so hot `latest` and
+/// its resolve TTL (`RESOLVE_CACHE_SECONDS`), so hot `latest` and
 /// alias requests cost no repository round trip: a newly published version or
 /// a changed alias is seen within that time (immediately with a TTL of 0).
 #[derive(Debug, Clone)]
@@ -134,10 +134,6 @@ impl Repository {
     pub fn with_resolve_ttl(mut self, ttl: Duration) -> Repository {
         self.resolve_ttl = ttl;
         self
-    }
-
-    pub fn resolve_ttl(&self) -> Duration {
-        self.resolve_ttl
     }
 
     /// What `version` of `name` resolved to less than the TTL ago, from memory
