@@ -2,7 +2,8 @@
 //! its route. It resolves a version, gets the model from the cache (staging,
 //! verifying and loading it on a miss) and runs it.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, PoisonError};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -126,6 +127,10 @@ struct Inner {
     /// Signatures, last load failures and inference statistics per version
     /// (readiness, metadata without a load, Triton's statistics).
     versions: crate::status::VersionRegistry,
+    /// What each model version's first load measured it to cost, by key and
+    /// sha256, so that a reload after an eviction skips the probe run
+    /// ([`Engine::reload_bytes`]). A few dozen bytes a version ever loaded.
+    footprints: std::sync::Mutex<HashMap<(ModelKey, String), u64>>,
     /// True from start-up until `PRELOAD_MODELS` has been warmed: the server
     /// is live but not ready meanwhile.
     preloading: std::sync::atomic::AtomicBool,
@@ -212,6 +217,7 @@ impl ModelService {
         let service = ModelService {
             inner: Arc::new(Inner {
                 versions: Default::default(),
+                footprints: Default::default(),
                 preloading,
                 probing: Default::default(),
                 config,
@@ -545,7 +551,27 @@ impl ModelService {
         // Usually started long ago; at a cold start, while the file was read.
         let engine = self.engine()?;
         let started = Instant::now();
-        let mut loaded = engine.load_bytes(staged.bytes.clone(), format, &key.to_string())?;
+        let measured = (key.clone(), resolved.manifest.sha256.clone());
+        let known = inner
+            .footprints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&measured)
+            .copied();
+        let mut loaded = match known {
+            Some(footprint) => {
+                engine.reload_bytes(staged.bytes.clone(), format, &key.to_string(), footprint)?
+            }
+            None => {
+                let loaded = engine.load_bytes(staged.bytes.clone(), format, &key.to_string())?;
+                inner
+                    .footprints
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(measured, loaded.footprint_bytes());
+                loaded
+            }
+        };
         // Extra sessions only as far as the budget leaves room beside the first.
         let room = inner
             .cache

@@ -181,3 +181,34 @@ async fn a_model_larger_than_the_budget_gets_507_and_evicts_nothing() {
         "the big one was refused before it was read"
     );
 }
+
+/// A reload after an eviction skips the probe run (the first load's measured
+/// footprint is remembered), so it must still be charged what the first load
+/// measured, first-run memory included: never less.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_is_charged_what_the_first_load_measured() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    for format in ["ort", "onnx"] {
+        let file = format!("mlp.{format}");
+        let root = repository(&[("mlp", "1", file.as_str())]);
+        let server = TestServer::start(root.path(), 64 << 20).await;
+        let charged = || server.service.cache_status().entries[0].bytes;
+        check_fixture(&server, "mlp", "1").await;
+        let first = charged();
+        for _ in 0..3 {
+            assert!(server.service.wait_for_staging(std::time::Duration::from_secs(30)));
+            assert_eq!(server.service.evict(&["mlp/1".into()]), ["mlp/1"]);
+            check_fixture(&server, "mlp", "1").await;
+            let reloaded = charged();
+            assert!(
+                reloaded >= first,
+                "{format}: a reload is charged {reloaded} bytes, the first load {first}"
+            );
+        }
+        assert_eq!(
+            server.service.staging_stats().hashes,
+            1,
+            "{format}: reloads came from the staged copy"
+        );
+    }
+}
