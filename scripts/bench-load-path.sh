@@ -16,7 +16,10 @@
 #      2 ms per operation and 200 MB/s: `model-router invoke` against
 #      `cat FILE > /dev/null` through the same mount, and the Python handler
 #      loading the `.onnx` through it;
-#   5. reload after a memory eviction (benches/reload.rs): at most 10 ms.
+#   5. reload after a memory eviction (benches/reload.rs): at most 10 ms;
+#   6. not a comparison: what touching 128 MiB of fresh memory costs here, back
+#      to back and after 8 s idle (examples/fresh_memory.rs), the machine state
+#      behind the first request's tail.
 #
 #   scripts/bench-load-path.sh
 #   RUNS=21 scripts/bench-load-path.sh
@@ -32,7 +35,7 @@ log() { printf 'bench-load-path: %s\n' "$*" >&2; }
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO_ROOT"
 RUNS="${RUNS:-15}"
-SECTIONS="${SECTIONS:-1 2 3 4 5}"
+SECTIONS="${SECTIONS:-1 2 3 4 5 6}"
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/setup-ort.sh | tail -1)}"
@@ -40,7 +43,7 @@ export ORT_DYLIB_PATH
 PY="$(scripts/python-env.sh scripts/requirements-fixtures.txt | tail -1)"
 command -v openssl >/dev/null || { log "openssl not found (Debian: apt-get install -y openssl)"; exit 1; }
 
-examples=(--example ort_floor)
+examples=(--example ort_floor --example fresh_memory)
 if want 4; then examples+=(--example efs_sim); fi
 log "cargo build --release (model-router, ${examples[*]})"
 cargo build --release --locked --quiet --bin model-router "${examples[@]}"
@@ -234,6 +237,13 @@ python handler (.onnx)|.onnx read through the mount by onnxruntime|python_handle
 EOF
         python3 scripts/bench_interleaved.py "$work/s4.json"
     fi
+fi
+
+if want 6; then
+    # Not a comparison: the machine's state, which explains the first
+    # request's tail (README, "Benchmarks": free page reporting).
+    printf '\n== fresh memory on this machine (examples/fresh_memory.rs) ==\n'
+    "$REPO_ROOT/target/release/examples/fresh_memory" 128 8
 fi
 
 if want 5; then

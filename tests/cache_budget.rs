@@ -196,7 +196,11 @@ async fn a_reload_is_charged_what_the_first_load_measured() {
         check_fixture(&server, "mlp", "1").await;
         let first = charged();
         for _ in 0..3 {
-            assert!(server.service.wait_for_staging(std::time::Duration::from_secs(30)));
+            assert!(
+                server
+                    .service
+                    .wait_for_staging(std::time::Duration::from_secs(30))
+            );
             assert_eq!(server.service.evict(&["mlp/1".into()]), ["mlp/1"]);
             check_fixture(&server, "mlp", "1").await;
             let reloaded = charged();
