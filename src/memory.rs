@@ -365,14 +365,6 @@ pub fn expected_outputs(
         .collect()
 }
 
-/// What parsing a JSON body of `body_bytes` may take: serde_json's tree (a
-/// 32-byte value per number, which is 2 to 12 bytes of text) and the element
-/// list made from it, before any tensor exists. Eight times the text, the
-/// mean for numbers written with 3 to 9 digits.
-pub fn json_parse_bytes(body_bytes: usize) -> u64 {
-    (body_bytes as u64).saturating_mul(8)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

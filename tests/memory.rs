@@ -88,8 +88,9 @@ async fn requests_that_cannot_fit_are_refused_and_the_server_goes_on() {
     );
 
     // A batch whose inputs and outputs alone exceed the buffers is refused
-    // before it runs (and before the model is even loaded, for its body).
-    let rows: Vec<[f32; 4]> = vec![[0.5, -1.25, 2.0, 0.75]; 250_000];
+    // before it runs: 550,000 rows of 10 bytes of text (`[1,1,1,1],`) whose
+    // outputs (scores and label) would take ~87 MB as copies and JSON text.
+    let rows: Vec<[u8; 4]> = vec![[1, 1, 1, 1]; 550_000];
     let (status, body) = server
         .post("/models/mlp/1/predict", &json!({"features": rows}))
         .await;

@@ -44,7 +44,7 @@ use ort::logging::LogLevel;
 use ort::session::{OutputSelector, RunOptions, Session};
 
 pub use footprint::{
-    ProcessMemory, ThreadMeter, anon_rss_bytes, process_memory, release_free_memory,
+    ProcessMemory, ThreadMeter, ThreadPeak, anon_rss_bytes, process_memory, release_free_memory,
 };
 pub use tensor::*;
 
