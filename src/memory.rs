@@ -26,7 +26,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::engine::ElementType;
+use crate::engine::{ElementType, OutputExtent, OutputValue};
 
 /// Why a request's memory could not be reserved.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -111,7 +111,10 @@ pub struct RequestMemory {
 #[derive(Debug)]
 pub struct Reservation {
     memory: RequestMemory,
-    permits: Mutex<Vec<OwnedSemaphorePermit>>,
+    /// One permit for all it holds: each growth is merged into it, so that
+    /// reading what is held costs the same after thousands of growths (a
+    /// ZipMap admits one per row).
+    permits: Mutex<Option<OwnedSemaphorePermit>>,
     /// Why the post-check refused, kept so the error keeps its code.
     refused: Mutex<Option<MemoryError>>,
 }
@@ -156,7 +159,7 @@ impl RequestMemory {
     pub async fn reserve(&self, bytes: u64) -> Result<Reservation, MemoryError> {
         let reservation = Reservation {
             memory: self.clone(),
-            permits: Mutex::new(Vec::new()),
+            permits: Mutex::new(None),
             refused: Mutex::new(None),
         };
         reservation.grow_waiting(bytes).await?;
@@ -187,16 +190,24 @@ impl RequestMemory {
 }
 
 impl Reservation {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<OwnedSemaphorePermit>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<OwnedSemaphorePermit>> {
         self.permits.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Bytes this reservation holds.
     pub fn bytes(&self) -> u64 {
         self.lock()
-            .iter()
-            .map(|p| p.num_permits() as u64 * UNIT)
-            .sum()
+            .as_ref()
+            .map_or(0, |p| p.num_permits() as u64 * UNIT)
+    }
+
+    /// Adds `permit` to what is held.
+    fn hold(&self, permit: OwnedSemaphorePermit) {
+        let mut held = self.lock();
+        match held.as_mut() {
+            Some(held) => held.merge(permit),
+            None => *held = Some(permit),
+        }
     }
 
     /// What growing to `bytes` in all takes: the pool and the units still
@@ -224,7 +235,7 @@ impl Reservation {
             tokio::time::timeout(self.memory.wait, pool.clone().acquire_many_owned(units)).await;
         match acquired {
             Ok(Ok(permit)) => {
-                self.lock().push(permit);
+                self.hold(permit);
                 Ok(())
             }
             _ => Err(MemoryError::Busy {
@@ -235,19 +246,25 @@ impl Reservation {
     }
 
     /// The post-check for `LoadedModel::run_admitted`: grows the reservation
-    /// to `base` plus what the run's real outputs take ([`output_bytes`]);
-    /// a refusal is kept for [`Reservation::take_refusal`].
+    /// to `base` plus what the run's real outputs take ([`output_bytes`]),
+    /// as the engine tells them (tensors at once, sequence and map items as
+    /// they are read: each call adds to the earlier ones); a refusal is kept
+    /// for [`Reservation::take_refusal`].
     pub fn post_check(
         &self,
         base: u64,
-    ) -> impl Fn(&[(ElementType, usize)]) -> Result<(), String> + Sync + '_ {
+    ) -> impl Fn(&[OutputExtent]) -> Result<(), String> + Sync + '_ {
+        let admitted = AtomicU64::new(0);
         move |extents| {
-            self.grow(base.saturating_add(output_bytes(extents)))
-                .map_err(|e| {
-                    let message = e.to_string();
-                    *self.refused.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
-                    message
-                })
+            let bytes = output_bytes(extents);
+            let total = admitted
+                .fetch_add(bytes, Ordering::Relaxed)
+                .saturating_add(bytes);
+            self.grow(base.saturating_add(total)).map_err(|e| {
+                let message = e.to_string();
+                *self.refused.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
+                message
+            })
         }
     }
 
@@ -267,7 +284,7 @@ impl Reservation {
         };
         match pool.clone().try_acquire_many_owned(units) {
             Ok(permit) => {
-                self.lock().push(permit);
+                self.hold(permit);
                 Ok(())
             }
             Err(_) => Err(MemoryError::Busy {
@@ -297,13 +314,60 @@ pub fn json_text_bytes(ty: ElementType) -> u64 {
 }
 
 /// What a request's outputs take in the router: their copy out of ONNX
-/// Runtime, plus the response text written from it (twice: the simple
-/// protocol repeats the first output as `prediction`).
-pub fn output_bytes(extents: &[(ElementType, usize)]) -> u64 {
+/// Runtime, plus the response text written from it.
+///
+/// - A tensor: its elements, and their JSON text twice (the simple protocol
+///   repeats the first output as `prediction`).
+/// - A sequence: one [`OutputValue`] per item, and per item the `String` an
+///   Open Inference Protocol answer holds its JSON text in.
+/// - A map (a ZipMap's row): each entry copied as a key and a one-element
+///   tensor, and its JSON text three times: the text of the map (a V2
+///   answer's BYTES element), that text escaped inside the response (at most
+///   twice as long), or written twice by the simple protocol. An entry's
+///   text is at most its key (an integer's 20 digits, or a string key
+///   escaped: 6 bytes a byte at worst) and quotes, a colon, the value's
+///   longest text and a comma.
+pub fn output_bytes(extents: &[OutputExtent]) -> u64 {
+    use crate::http::parse::allocation_bound;
     extents
         .iter()
-        .map(|&(ty, count)| {
-            (count as u64).saturating_mul(ty.size_bytes() as u64 + 2 * json_text_bytes(ty))
+        .map(|extent| match *extent {
+            OutputExtent::Tensor {
+                element_type,
+                count,
+            } => (count as u64).saturating_mul(
+                element_type.size_bytes() as u64 + 2 * json_text_bytes(element_type),
+            ),
+            OutputExtent::Sequence { items } => (items as u64).saturating_mul(
+                allocation_bound(std::mem::size_of::<OutputValue>() as u64)
+                    + allocation_bound(std::mem::size_of::<String>() as u64)
+                    + 16,
+            ),
+            OutputExtent::Map {
+                entries,
+                string_keys,
+                key_bytes,
+                value,
+            } => {
+                let entries = entries as u64;
+                let copy = allocation_bound(
+                    entries
+                        * std::mem::size_of::<(crate::engine::MapKey, crate::engine::Tensor)>()
+                            as u64,
+                ) + entries * allocation_bound(value.size_bytes() as u64)
+                    + if string_keys {
+                        key_bytes as u64 + key_bytes as u64 / 4 + 16 * entries
+                    } else {
+                        0
+                    };
+                let keys_text = if string_keys {
+                    6 * key_bytes as u64
+                } else {
+                    20 * entries
+                };
+                let text = 2 + keys_text + entries * (4 + json_text_bytes(value));
+                copy.saturating_add(3 * allocation_bound(text))
+            }
         })
         .fold(0u64, u64::saturating_add)
 }
@@ -328,7 +392,7 @@ pub fn input_bytes(inputs: &[(String, crate::engine::Tensor)]) -> u64 {
 pub fn expected_outputs(
     signature: &crate::engine::Signature,
     inputs: &[(String, crate::engine::Tensor)],
-) -> Vec<(ElementType, usize)> {
+) -> Vec<OutputExtent> {
     use crate::engine::{Dim, ValueKind};
     let symbol_size = |symbol: &str| {
         signature.inputs.iter().find_map(|info| {
@@ -360,17 +424,12 @@ pub fn expected_outputs(
                     Dim::Dynamic(None) => 1,
                 })
                 .fold(1usize, usize::saturating_mul);
-            Some((*element_type, count))
+            Some(OutputExtent::Tensor {
+                element_type: *element_type,
+                count,
+            })
         })
         .collect()
-}
-
-/// What parsing a JSON body of `body_bytes` may take: serde_json's tree (a
-/// 32-byte value per number, which is 2 to 12 bytes of text) and the element
-/// list made from it, before any tensor exists. Eight times the text, the
-/// mean for numbers written with 3 to 9 digits.
-pub fn json_parse_bytes(body_bytes: usize) -> u64 {
-    (body_bytes as u64).saturating_mul(8)
 }
 
 #[cfg(test)]
@@ -417,6 +476,92 @@ mod tests {
         // No limit known: nothing is reserved, nothing refused.
         let open = RequestMemory::new(&MemorySplit::new(None, "none", 0, 0));
         assert_eq!(open.reserve(u64::MAX).await.unwrap().bytes(), 0);
+    }
+
+    #[test]
+    fn a_zipmap_takes_no_more_than_its_extents_say() {
+        use crate::engine::{MapKey, Tensor, TensorData, ThreadMeter, ThreadPeak};
+        use crate::http::json::{FlatJson, OutputJson};
+        // 20,000 rows of a three-class classifier's probabilities, copied as
+        // the engine copies them, then written as both protocols write them:
+        // the simple one twice (`prediction`), V2 as the JSON text of each
+        // row in a BYTES tensor, that tensor's JSON after.
+        let rows = 20_000;
+        let extents: Vec<OutputExtent> = std::iter::once(OutputExtent::Sequence { items: rows })
+            .chain((0..rows).map(|_| OutputExtent::Map {
+                entries: 3,
+                string_keys: false,
+                key_bytes: 0,
+                value: ElementType::Fp32,
+            }))
+            .collect();
+        let meter = ThreadMeter::start();
+        let peak = ThreadPeak::start();
+        let mut items = Vec::with_capacity(rows);
+        for row in 0..rows {
+            let mut map = Vec::with_capacity(3);
+            for class in 0..3 {
+                let p = (row * 3 + class) as f32 / (3 * rows) as f32 - 1.1754944e-38;
+                map.push((
+                    MapKey::Int(class as i64),
+                    Tensor::new(vec![], TensorData::Fp32(vec![p])).unwrap(),
+                ));
+            }
+            items.push(OutputValue::Map(map));
+        }
+        let value = OutputValue::Sequence(items);
+        let simple = serde_json::to_vec(&(OutputJson(&value), OutputJson(&value))).unwrap();
+        let OutputValue::Sequence(items) = &value else {
+            unreachable!()
+        };
+        let texts: Vec<String> = items
+            .iter()
+            .map(|item| serde_json::to_string(&OutputJson(item)).unwrap())
+            .collect();
+        let texts = TensorData::Bytes(texts);
+        let v2 = serde_json::to_vec(&FlatJson(&texts)).unwrap();
+        let held = (peak.peak_bytes() + ThreadPeak::SAMPLING_BYTES).min(meter.allocated_bytes());
+        let counted = output_bytes(&extents);
+        eprintln!(
+            "{rows} rows: held at most {held}, counted {counted}; texts {} and {} bytes",
+            simple.len(),
+            v2.len()
+        );
+        assert!(held <= counted, "held {held} > counted {counted}");
+        // String keys count their text.
+        let named = |key_bytes| {
+            output_bytes(&[OutputExtent::Map {
+                entries: 2,
+                string_keys: true,
+                key_bytes,
+                value: ElementType::Fp32,
+            }])
+        };
+        assert!(named(1000) > named(10) + 6000);
+    }
+
+    #[tokio::test]
+    async fn post_checks_add_up_what_each_call_admits() {
+        let split = MemorySplit::new(Some(100 * UNIT), "flag", 0, 0);
+        let memory = RequestMemory::new(&split);
+        let reservation = memory.reserve(10 * UNIT).await.unwrap();
+        let check = reservation.post_check(10 * UNIT);
+        let item = [OutputExtent::Tensor {
+            element_type: ElementType::Uint8,
+            // 9 bytes each: the byte, and its text ("255,") twice.
+            count: 10 * 1024 / 9,
+        }];
+        // Each call adds about 10 KiB to the 10 the request held: four fit
+        // in the 50 KiB of buffers, the fifth does not.
+        for _ in 0..4 {
+            check(&item).unwrap();
+        }
+        assert!(reservation.bytes() >= 49 * UNIT, "{}", reservation.bytes());
+        assert!(check(&item).is_err());
+        assert!(matches!(
+            reservation.take_refusal(),
+            Some(MemoryError::TooLarge { .. })
+        ));
     }
 
     #[tokio::test]

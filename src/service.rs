@@ -385,14 +385,10 @@ impl ModelService {
         self.inner.request_memory.reserved_bytes()
     }
 
-    /// Reserves request memory for parsing a JSON body of `body_bytes`
-    /// (see [`crate::memory::json_parse_bytes`]).
-    pub async fn reserve_body(&self, body_bytes: usize) -> Result<Reservation, Error> {
-        Ok(self
-            .inner
-            .request_memory
-            .reserve(crate::memory::json_parse_bytes(body_bytes))
-            .await?)
+    /// Reserves `bytes` of request memory for parsing a body, what its
+    /// census bounds (see [`crate::http::parse::bound_before_model`]).
+    pub async fn reserve_body(&self, bytes: u64) -> Result<Reservation, Error> {
+        Ok(self.inner.request_memory.reserve(bytes).await?)
     }
 
     /// The model `name` at `version` (a version, `latest` or an alias), loaded.
@@ -607,8 +603,10 @@ impl ModelService {
     /// Runs `name`/`version` on `inputs`, giving `outputs` (all when `None`).
     ///
     /// `held`: request memory the request already holds (for parsing its
-    /// body, [`ModelService::reserve_body`]); the prediction grows it to cover
-    /// the tensors and the response too, so one request never waits on itself.
+    /// body, [`ModelService::reserve_body`], grown to cover `inputs` before
+    /// they were read); the prediction grows it to cover the outputs and the
+    /// response too, so one request never waits on itself. Without it, the
+    /// inputs are counted here.
     pub async fn predict(
         &self,
         lease: Lease<Model>,
@@ -622,10 +620,12 @@ impl ModelService {
         // Refused before it runs when its inputs and the outputs its
         // signature tells cannot fit; topped up (or refused) once the run has
         // told the real output sizes, before they are copied.
-        let input_bytes = crate::memory::input_bytes(&inputs);
         let expected = crate::memory::expected_outputs(lease.value().loaded.signature(), &inputs);
-        let held_bytes = held.as_ref().map_or(0, Reservation::bytes);
-        let need = held_bytes + input_bytes + crate::memory::output_bytes(&expected);
+        let base = match &held {
+            Some(held) => held.bytes(),
+            None => crate::memory::input_bytes(&inputs),
+        };
+        let need = base + crate::memory::output_bytes(&expected);
         let memory = match held {
             Some(held) => {
                 held.grow_waiting(need).await?;
@@ -639,7 +639,7 @@ impl ModelService {
             let outputs = lease.value().loaded.run_admitted(
                 inputs,
                 outputs.as_deref(),
-                &memory.post_check(held_bytes + input_bytes),
+                &memory.post_check(base),
             );
             (outputs, memory)
         })

@@ -88,8 +88,9 @@ async fn requests_that_cannot_fit_are_refused_and_the_server_goes_on() {
     );
 
     // A batch whose inputs and outputs alone exceed the buffers is refused
-    // before it runs (and before the model is even loaded, for its body).
-    let rows: Vec<[f32; 4]> = vec![[0.5, -1.25, 2.0, 0.75]; 250_000];
+    // before it runs: 550,000 rows of 10 bytes of text (`[1,1,1,1],`) whose
+    // outputs (scores and label) would take ~87 MB as copies and JSON text.
+    let rows: Vec<[u8; 4]> = vec![[1, 1, 1, 1]; 550_000];
     let (status, body) = server
         .post("/models/mlp/1/predict", &json!({"features": rows}))
         .await;
@@ -139,6 +140,55 @@ async fn requests_that_cannot_fit_are_refused_and_the_server_goes_on() {
         memory["process"]["rss_bytes"].as_u64().unwrap() > 0,
         "{memory}"
     );
+}
+
+/// `rows` iris rows for the scikit-learn classifier with ZipMap
+/// (tests/data/models/iris_logreg.onnx: its `output_probability` is a
+/// sequence of one map per row, whose size no type tells).
+fn iris_rows(rows: usize) -> String {
+    let row = "[5.1,3.5,1.4,0.2]";
+    format!(r#"{{"features": [{}]}}"#, vec![row; rows].join(","))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zipmap_outputs_are_counted_after_the_run() {
+    let root = repository(&[("iris", "1", "iris_logreg.onnx")]);
+    let server = limited_server(root.path()).await;
+    // 1,000 rows: their maps fit; every row answers its three probabilities.
+    let (status, body) = server
+        .request("POST", "/models/iris/1/predict", &iris_rows(1000))
+        .await;
+    assert_eq!(status, 200, "{}", body["error"]);
+    let rows = body["outputs"]["output_probability"].as_array().unwrap();
+    assert_eq!(rows.len(), 1000);
+    assert_eq!(rows[999].as_object().unwrap().len(), 3, "{}", rows[999]);
+    // 100,000 rows (1.8 MB of JSON): their inputs and labels fit the 64 MiB
+    // of request buffers, their maps (about 800 bytes a row as copies and
+    // JSON text) do not. Refused after the run, before any map is copied out,
+    // as any output that cannot fit is, through both protocols.
+    let (status, body) = server
+        .request("POST", "/models/iris/1/predict", &iris_rows(100_000))
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (413, Some("memory_limit_exceeded")),
+        "{body}"
+    );
+    let rows = vec![1u8; 4 * 100_000];
+    let v2 = json!({"inputs": [{"name": "features", "shape": [100_000, 4], "datatype": "FP32", "data": rows}]});
+    let (status, body) = server.post("/v2/models/iris/versions/1/infer", &v2).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (413, Some("memory_limit_exceeded")),
+        "{body}"
+    );
+    // Nothing is left reserved, and the model still answers.
+    assert_eq!(server.service.request_memory_reserved(), 0);
+    let (status, body) = server
+        .request("POST", "/models/iris/1/predict", &iris_rows(3))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["outputs"]["output_label"], json!([0, 0, 0]));
 }
 
 /// A memory cgroup of our own (v2 with the memory controller, else v1), as a

@@ -5,13 +5,13 @@ use std::hash::Hash;
 
 use ort::session::Session;
 use ort::value::{
-    DynValue, DynValueTypeMarker, IntoTensorElementType, Outlet, PrimitiveTensorElementType, Shape,
-    Tensor as OrtTensor, TensorElementType, Value, ValueType,
+    DynValue, DynValueTypeMarker, IntoTensorElementType, Outlet, PrimitiveTensorElementType,
+    SequenceValueType, Shape, Tensor as OrtTensor, TensorElementType, Value, ValueType,
 };
 
 use super::{
-    Dim, ElementType, EngineError, MapKey, OutputValue, Signature, Tensor, TensorData, ValueInfo,
-    ValueKind,
+    Admit, Dim, ElementType, EngineError, MapKey, OutputExtent, OutputValue, Signature, Tensor,
+    TensorData, ValueInfo, ValueKind,
 };
 
 /// The signature of a freshly created session.
@@ -163,42 +163,65 @@ pub(super) fn input_value(name: &str, tensor: Tensor) -> Result<DynValue, Engine
     })
 }
 
-/// A tensor output's element type and element count, read from its type
-/// (nothing is copied); `None` for other values and unknown element types.
-pub(super) fn tensor_extent(value: &DynValue) -> Option<(ElementType, usize)> {
+/// A tensor output's extent, read from its type (nothing is copied); `None`
+/// for other values and unknown element types.
+pub(super) fn tensor_extent(value: &DynValue) -> Option<OutputExtent> {
     let ValueType::Tensor { ty, shape, .. } = value.dtype() else {
         return None;
     };
     let count = shape
         .iter()
         .try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d).ok()?))?;
-    Some((element_type(*ty)?, count))
+    Some(OutputExtent::Tensor {
+        element_type: element_type(*ty)?,
+        count,
+    })
 }
 
 /// Copies one output (of any nesting the router models) out of ONNX Runtime.
-pub(super) fn output_value(name: &str, value: &DynValue) -> Result<OutputValue, EngineError> {
-    let dtype = value.dtype();
-    match dtype {
-        ValueType::Tensor { ty, .. } => output_tensor(name, value, *ty).map(OutputValue::Tensor),
+/// Tensors were admitted before (their size is in their type); a sequence's
+/// length and each item, and a map, are admitted here before they are copied.
+pub(super) fn output_value(
+    name: &str,
+    value: DynValue,
+    admit: &Admit<'_>,
+) -> Result<OutputValue, EngineError> {
+    let refused = |reason: String| EngineError::OutOfMemory(reason);
+    match value.dtype().clone() {
+        ValueType::Tensor { ty, .. } => output_tensor(name, &value, ty).map(OutputValue::Tensor),
         ValueType::Sequence(_) => {
-            let items = value
-                .try_extract_sequence::<DynValueTypeMarker>()
-                .map_err(|e| extract_error(name, dtype, e))?;
-            items
-                .iter()
-                .map(|item| output_value(name, item))
-                .collect::<Result<_, _>>()
-                .map(OutputValue::Sequence)
+            let dtype = value.dtype().clone();
+            let sequence = value
+                .downcast::<SequenceValueType<DynValueTypeMarker>>()
+                .map_err(|e| extract_error(name, &dtype, e))?;
+            let len = sequence.len();
+            admit(&[OutputExtent::Sequence { items: len }]).map_err(refused)?;
+            let mut items = Vec::with_capacity(len);
+            for i in 0..len {
+                // One item out of ONNX Runtime at a time (its own copy of it),
+                // admitted before it is converted.
+                let item = sequence.get(i).ok_or_else(|| {
+                    EngineError::Inference(format!(
+                        "cannot read item {i} of output '{name}' ({})",
+                        onnx_type(&dtype)
+                    ))
+                })?;
+                if let Some(extent) = tensor_extent(&item) {
+                    admit(&[extent]).map_err(refused)?;
+                }
+                items.push(output_value(name, item, admit)?);
+            }
+            Ok(OutputValue::Sequence(items))
         }
         ValueType::Map {
             key: TensorElementType::Int64,
             value: values,
-        } => output_map(name, value, *values, MapKey::Int).map(OutputValue::Map),
+        } => output_map(name, &value, values, MapKey::Int, admit).map(OutputValue::Map),
         ValueType::Map {
             key: TensorElementType::String,
             value: values,
-        } => output_map(name, value, *values, MapKey::String).map(OutputValue::Map),
-        _ => Err(unsupported(name, dtype)),
+        } => output_map(name, &value, values, MapKey::String, admit).map(OutputValue::Map),
+        dtype => Err(unsupported(name, &dtype)),
     }
 }
 
@@ -241,38 +264,70 @@ fn output_tensor(
     Tensor::new(shape, data).map_err(|e| EngineError::Inference(format!("output '{name}': {e}")))
 }
 
-/// A map output, its values as one-element tensors of shape `[]`.
-fn output_map<K: IntoTensorElementType + Clone + Hash + Eq>(
+/// How long a map key's text is (0 for integers: their extent says so).
+trait KeyBytes {
+    const STRING: bool;
+    fn key_bytes(&self) -> usize;
+}
+
+impl KeyBytes for i64 {
+    const STRING: bool = false;
+    fn key_bytes(&self) -> usize {
+        0
+    }
+}
+
+impl KeyBytes for String {
+    const STRING: bool = true;
+    fn key_bytes(&self) -> usize {
+        self.len()
+    }
+}
+
+/// A map output, its values as one-element tensors of shape `[]`. Its pairs
+/// are read out of ONNX Runtime first (16 bytes an integer-keyed entry), then
+/// the map is admitted before it is built (about 100 bytes an entry, and its
+/// JSON text).
+fn output_map<K: IntoTensorElementType + Clone + Hash + Eq + KeyBytes>(
     name: &str,
     value: &DynValue,
     values: TensorElementType,
     key: fn(K) -> MapKey,
+    admit: &Admit<'_>,
 ) -> Result<Vec<(MapKey, Tensor)>, EngineError> {
     fn entries<
-        K: IntoTensorElementType + Clone + Hash + Eq,
+        K: IntoTensorElementType + Clone + Hash + Eq + KeyBytes,
         V: PrimitiveTensorElementType + Clone,
     >(
         name: &str,
         value: &DynValue,
         key: fn(K) -> MapKey,
         wrap: fn(Vec<V>) -> TensorData,
+        admit: &Admit<'_>,
     ) -> Result<Vec<(MapKey, Tensor)>, EngineError> {
         let pairs = value
             .try_extract_key_values::<K, V>()
             .map_err(|e| extract_error(name, value.dtype(), e))?;
-        pairs
-            .into_iter()
-            .map(|(k, v)| {
-                let scalar = Tensor::new(Vec::new(), wrap(vec![v]))
-                    .map_err(|e| EngineError::Inference(format!("output '{name}': {e}")))?;
-                Ok((key(k), scalar))
-            })
-            .collect()
+        let value_type = wrap(Vec::new()).element_type();
+        admit(&[OutputExtent::Map {
+            entries: pairs.len(),
+            string_keys: K::STRING,
+            key_bytes: pairs.iter().map(|(k, _)| k.key_bytes()).sum(),
+            value: value_type,
+        }])
+        .map_err(EngineError::OutOfMemory)?;
+        let mut map = Vec::with_capacity(pairs.len());
+        for (k, v) in pairs {
+            let scalar = Tensor::new(Vec::new(), wrap(vec![v]))
+                .map_err(|e| EngineError::Inference(format!("output '{name}': {e}")))?;
+            map.push((key(k), scalar));
+        }
+        Ok(map)
     }
     match values {
-        TensorElementType::Float32 => entries::<K, f32>(name, value, key, TensorData::Fp32),
-        TensorElementType::Float64 => entries::<K, f64>(name, value, key, TensorData::Fp64),
-        TensorElementType::Int64 => entries::<K, i64>(name, value, key, TensorData::Int64),
+        TensorElementType::Float32 => entries::<K, f32>(name, value, key, TensorData::Fp32, admit),
+        TensorElementType::Float64 => entries::<K, f64>(name, value, key, TensorData::Fp64, admit),
+        TensorElementType::Int64 => entries::<K, i64>(name, value, key, TensorData::Int64, admit),
         // Includes string values: ort 2.0.0-rc.15 reads map values only as
         // primitive tensors.
         _ => Err(unsupported(name, value.dtype())),

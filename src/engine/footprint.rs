@@ -64,6 +64,77 @@ impl ThreadMeter {
     }
 }
 
+impl ThreadMeter {
+    /// Bytes the calling thread allocated since [`ThreadMeter::start`],
+    /// whatever it freed since: an upper bound of its peak use.
+    pub fn allocated_bytes(&self) -> u64 {
+        thread_counts().0.saturating_sub(self.allocated)
+    }
+}
+
+/// The calling thread's peak of bytes allocated and not yet freed since
+/// [`ThreadPeak::start`] (jemalloc's `thread.peak`): what a computation
+/// needed at its worst moment, not only what it kept.
+///
+/// ```
+/// use model_router::engine::ThreadPeak;
+///
+/// let peak = ThreadPeak::start();
+/// drop(vec![1u8; 4 << 20]);
+/// let bytes = peak.peak_bytes();
+/// assert!(bytes >= 4 << 20 && bytes < 5 << 20, "{bytes}");
+/// ```
+#[derive(Debug)]
+pub struct ThreadPeak {
+    /// Read on the thread that started it: jemalloc's counters are per thread.
+    _same_thread: std::marker::PhantomData<*const ()>,
+}
+
+impl ThreadPeak {
+    /// jemalloc updates the peak when it is read and after every 64 KiB
+    /// allocated (or freed) in between, so the true peak is less than this
+    /// above what [`ThreadPeak::peak_bytes`] reads.
+    pub const SAMPLING_BYTES: u64 = 64 << 10;
+
+    /// Starts measuring on the calling thread (its current use is the zero).
+    pub fn start() -> ThreadPeak {
+        // SAFETY: `thread.peak.reset` is a void control: all four pointers
+        // are null and the length 0, as jemalloc requires of one; the name is
+        // a NUL-terminated static.
+        let _ = unsafe {
+            tikv_jemalloc_sys::mallctl(
+                c"thread.peak.reset".as_ptr(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                0,
+            )
+        };
+        ThreadPeak {
+            _same_thread: std::marker::PhantomData,
+        }
+    }
+
+    /// The peak so far, in bytes above the use at [`ThreadPeak::start`]
+    /// (0 where jemalloc's statistics are unavailable).
+    pub fn peak_bytes(&self) -> u64 {
+        let mut peak: u64 = 0;
+        let mut len = std::mem::size_of::<u64>();
+        // SAFETY: `thread.peak.read` writes one uint64_t to `oldp`, whose
+        // size `oldlenp` gives, and takes no new value (null, length 0).
+        let rc = unsafe {
+            tikv_jemalloc_sys::mallctl(
+                c"thread.peak.read".as_ptr(),
+                (&mut peak as *mut u64).cast(),
+                &mut len,
+                std::ptr::null_mut(),
+                0,
+            )
+        };
+        if rc == 0 { peak } else { 0 }
+    }
+}
+
 /// The footprint rule documented on `LoadedModel::footprint_bytes`: the bytes
 /// the loading thread kept, plus the mapped file for `.ort` (the session reads
 /// its weights in place; its pages are resident once used).

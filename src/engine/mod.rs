@@ -44,13 +44,16 @@ use ort::logging::LogLevel;
 use ort::session::{OutputSelector, RunOptions, Session};
 
 pub use footprint::{
-    ProcessMemory, ThreadMeter, anon_rss_bytes, process_memory, release_free_memory,
+    ProcessMemory, ThreadMeter, ThreadPeak, anon_rss_bytes, process_memory, release_free_memory,
 };
 pub use tensor::*;
 
 /// The post-check [`LoadedModel::run_admitted`] asks before copying outputs:
-/// each tensor output's element type and count; `Err(reason)` refuses.
-pub type Admit<'a> = dyn Fn(&[(ElementType, usize)]) -> Result<(), String> + Sync + 'a;
+/// called first with every tensor output's extent, then, as sequences and
+/// maps are read (their size is not in their type), with each sequence's
+/// length and each item's extent, before that item is copied. Each call
+/// adds to what the earlier ones admitted; `Err(reason)` refuses.
+pub type Admit<'a> = dyn Fn(&[OutputExtent]) -> Result<(), String> + Sync + 'a;
 
 /// The file name ONNX Runtime's shared library goes by on Linux.
 const LIBRARY_NAME: &str = "libonnxruntime.so";
@@ -789,11 +792,13 @@ impl LoadedModel {
     }
 
     /// [`LoadedModel::run_queued`], asking `admit` before copying the outputs
-    /// out of ONNX Runtime: it gets each tensor output's element type and
-    /// element count (sequences and maps are not listed), and an `Err(reason)`
-    /// stops the request with [`EngineError::OutOfMemory`] before any copy is
-    /// made. This is the post-check for outputs whose size only the run could
-    /// tell (an `Expand` to a shape the request sent).
+    /// out of ONNX Runtime (see [`Admit`]): it gets each tensor output's
+    /// extent before any copy, and each sequence's length and each of its
+    /// items' extent (a ZipMap's maps) before that item is copied; an
+    /// `Err(reason)` stops the request with [`EngineError::OutOfMemory`].
+    /// This is the post-check for outputs whose size only the run could tell
+    /// (an `Expand` to a shape the request sent, a classifier's ZipMap over
+    /// the batch).
     pub fn run_admitted(
         &self,
         inputs: Vec<(String, Tensor)>,
@@ -842,7 +847,10 @@ impl LoadedModel {
         let results = session
             .run_with_options(ort_inputs, &options)
             .map_err(run_error)?;
-        let extents: Vec<(ElementType, usize)> = results
+        // Tensors tell their size in their type: all admitted before any is
+        // copied. Sequences and maps are admitted as they are read, item by
+        // item (convert::output_value).
+        let extents: Vec<OutputExtent> = results
             .iter()
             .filter_map(|(_, value)| convert::tensor_extent(&value))
             .collect();
@@ -850,7 +858,7 @@ impl LoadedModel {
         // Converted while the session is locked: ort's outputs borrow it.
         let outputs = results
             .into_iter()
-            .map(|(name, value)| Ok((name.to_owned(), convert::output_value(name, &value)?)))
+            .map(|(name, value)| Ok((name.to_owned(), convert::output_value(name, value, admit)?)))
             .collect::<Result<_, EngineError>>()?;
         Ok((outputs, waited))
     }

@@ -261,6 +261,29 @@ pub enum OutputValue {
     Map(Vec<(MapKey, Tensor)>),
 }
 
+/// What one output (or one item of a sequence output) takes once copied out
+/// of ONNX Runtime, as the post-check ([`crate::engine::Admit`]) is told it
+/// before the copy is made: tensors by their type and shape, sequences by
+/// their length, maps by their entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputExtent {
+    /// `count` elements of `element_type`.
+    Tensor {
+        element_type: ElementType,
+        count: usize,
+    },
+    /// A sequence of `items` (each admitted on its own as it is read).
+    Sequence { items: usize },
+    /// A map of `entries` scalar values of `value`, keyed by integers, or by
+    /// strings of `key_bytes` in all.
+    Map {
+        entries: usize,
+        string_keys: bool,
+        key_bytes: usize,
+        value: ElementType,
+    },
+}
+
 /// A dimension of a model input or output: fixed, or dynamic (`-1` in the
 /// Open Inference Protocol), with its symbolic name when the model gives one.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -23,12 +23,13 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use bytes::Bytes;
-use serde_json::{Map, Value};
 use tonic::{Request, Response, Status};
 
 use crate::engine::{ElementType, TensorData};
 use crate::error::Error;
-use crate::http::v2::call::{self, InferCall, InputData, Outputs, ParsedInput};
+use crate::http::v2::call::{
+    self, InferCall, InputData, Outputs, Parameter, Parameters, ParsedInput,
+};
 use crate::http::v2::{binary, facts};
 use crate::http::{RequestRecord, record_request};
 use crate::identity::Caller;
@@ -174,30 +175,30 @@ fn version_of(version: &str) -> &str {
     }
 }
 
-/// gRPC parameters as the JSON parameters REST requests carry, so one set of
+/// gRPC parameters as the parameters REST requests carry, so one set of
 /// checks ([`call`]) gives them their meaning.
-fn parameters_json(
+fn parameters_of(
     parameters: &HashMap<String, proto::InferParameter>,
-) -> Option<Map<String, Value>> {
+) -> Option<Parameters<'static>> {
     if parameters.is_empty() {
         return None;
     }
-    Some(
-        parameters
-            .iter()
-            .map(|(key, p)| {
-                let value = match &p.parameter_choice {
-                    None => Value::Null,
-                    Some(ParameterChoice::BoolParam(b)) => Value::Bool(*b),
-                    Some(ParameterChoice::Int64Param(i)) => Value::from(*i),
-                    Some(ParameterChoice::Uint64Param(u)) => Value::from(*u),
-                    Some(ParameterChoice::DoubleParam(d)) => Value::from(*d),
-                    Some(ParameterChoice::StringParam(s)) => Value::String(s.clone()),
-                };
-                (key.clone(), value)
-            })
-            .collect(),
-    )
+    let mut known = Parameters::default();
+    for (key, p) in parameters {
+        let value = match &p.parameter_choice {
+            None => Parameter::Null,
+            Some(ParameterChoice::BoolParam(b)) => Parameter::Bool(*b),
+            Some(ParameterChoice::Int64Param(i)) => Parameter::Number((*i).into()),
+            Some(ParameterChoice::Uint64Param(u)) => Parameter::Number((*u).into()),
+            // As JSON holds it: a number, or null for what JSON cannot hold.
+            Some(ParameterChoice::DoubleParam(d)) => serde_json::Number::from_f64(*d)
+                .map(Parameter::Number)
+                .unwrap_or(Parameter::Null),
+            Some(ParameterChoice::StringParam(s)) => Parameter::String(s.clone().into()),
+        };
+        known.set(key, value);
+    }
+    Some(known)
 }
 
 /// Typed `contents` as tensor data of the declared type. Each type has its
@@ -275,7 +276,7 @@ fn parse_inputs(request: &mut proto::ModelInferRequest) -> Result<Vec<ParsedInpu
         .iter_mut()
         .map(|input| {
             let name = input.name.as_str();
-            let parameters = parameters_json(&input.parameters);
+            let parameters = parameters_of(&input.parameters);
             call::refuse_unsupported(&format!("input {name:?}"), parameters.as_ref())?;
             let (datatype, shape, count) =
                 call::checked_tensor(name, &input.datatype, &input.shape)?;
@@ -314,14 +315,14 @@ async fn infer(
     let started = Instant::now();
     let name = request.model_name.clone();
     let version = version_of(&request.model_version).to_string();
-    let parameters = parameters_json(&request.parameters);
+    let parameters = parameters_of(&request.parameters);
     let deadline = call::request_deadline(parameters.as_ref(), started)?;
     let requested = request
         .outputs
         .iter()
         .map(|output| {
             let what = format!("output {:?}", output.name);
-            call::refuse_unsupported(&what, parameters_json(&output.parameters).as_ref())?;
+            call::refuse_unsupported(&what, parameters_of(&output.parameters).as_ref())?;
             Ok((output.name.clone(), true))
         })
         .collect::<Result<Vec<_>, Error>>()?;

@@ -1,70 +1,19 @@
-//! Tensors to and from JSON: nested row-major arrays, with every element
-//! checked against the input's element type (no silent wrapping or rounding).
+//! Tensors as JSON: outputs written straight from their elements as nested
+//! row-major arrays (requests are read by [`super::parse`]), and the checks
+//! and descriptions of model inputs that messages share.
 
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
-use serde_json::Value;
 
+use super::parse::Shown;
 use crate::engine::{ElementType, MapKey, OutputValue, Tensor, TensorData};
 use crate::error::{Error, RequestError};
-
-/// A JSON array flattened: its shape and its leaves in row-major order.
-#[derive(Debug)]
-pub struct JsonArray<'a> {
-    pub shape: Vec<usize>,
-    pub leaves: Vec<&'a Value>,
-}
-
-/// Flattens nested JSON arrays, checking that they are rectangular. A scalar
-/// has shape `[]`.
-pub fn flatten<'a>(input: &str, value: &'a Value) -> Result<JsonArray<'a>, Error> {
-    let mut shape = Vec::new();
-    let mut probe = value;
-    while let Value::Array(items) = probe {
-        shape.push(items.len());
-        match items.first() {
-            Some(first) => probe = first,
-            None => break,
-        }
-    }
-    let mut leaves = Vec::with_capacity(shape.iter().product());
-    collect(input, value, &shape, 0, &mut leaves)?;
-    Ok(JsonArray { shape, leaves })
-}
-
-fn collect<'a>(
-    input: &str,
-    value: &'a Value,
-    shape: &[usize],
-    depth: usize,
-    out: &mut Vec<&'a Value>,
-) -> Result<(), Error> {
-    match (value, shape.get(depth)) {
-        (Value::Array(items), Some(&len)) if items.len() == len => items
-            .iter()
-            .try_for_each(|item| collect(input, item, shape, depth + 1, out)),
-        (Value::Array(items), Some(&len)) => Err(invalid(format!(
-            "input {input:?} is ragged: an array at depth {depth} has {} elements where the first had {len}",
-            items.len()
-        ))),
-        (Value::Array(_), None) => Err(invalid(format!(
-            "input {input:?} is ragged: arrays nest deeper than {depth} levels in places"
-        ))),
-        (_, None) => {
-            out.push(value);
-            Ok(())
-        }
-        (_, Some(_)) => Err(invalid(format!(
-            "input {input:?} is ragged: a scalar stands where an array was expected at depth {depth}"
-        ))),
-    }
-}
 
 pub(crate) fn invalid(message: String) -> Error {
     Error::Request(RequestError::InvalidInput(message))
 }
 
 /// What a valid element of `ty` looks like, for error messages.
-fn expectation(ty: ElementType) -> &'static str {
+pub(crate) fn expectation(ty: ElementType) -> &'static str {
     match ty {
         ElementType::Bool => "true or false",
         ElementType::Int8 => "an integer in -128..=127",
@@ -80,77 +29,6 @@ fn expectation(ty: ElementType) -> &'static str {
         ElementType::Fp64 => "a number",
         ElementType::Bytes => "a string",
     }
-}
-
-fn convert<T>(
-    input: &str,
-    ty: ElementType,
-    leaves: &[&Value],
-    f: impl Fn(&Value) -> Option<T>,
-) -> Result<Vec<T>, Error> {
-    leaves
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            f(v).ok_or_else(|| {
-                invalid(format!(
-                    "input {input:?} element {i}: {v} is not valid for {ty}; expected {}",
-                    expectation(ty)
-                ))
-            })
-        })
-        .collect()
-}
-
-fn int<T: TryFrom<i64> + TryFrom<u64>>(v: &Value) -> Option<T> {
-    match v {
-        Value::Number(n) => n
-            .as_i64()
-            .and_then(|x| T::try_from(x).ok())
-            .or_else(|| n.as_u64().and_then(|x| T::try_from(x).ok())),
-        _ => None,
-    }
-}
-
-/// A JSON number that rounds to a finite value of the target float type
-/// (`narrow` converts with round-to-nearest). Bounding by the type's largest
-/// value instead would refuse the shortest decimal form of that value
-/// (`3.4028235e38` is a hair above `f32::MAX` as a double, yet is `f32::MAX`),
-/// which is exactly what this server prints for it.
-fn float<T>(v: &Value, narrow: impl Fn(f64) -> T, is_finite: impl Fn(&T) -> bool) -> Option<T> {
-    v.as_f64().map(narrow).filter(is_finite)
-}
-
-/// Converts JSON leaves into a tensor of `ty`, refusing any element that does
-/// not fit exactly (300 for uint8, 1e40 for float32, 1.5 for int64).
-pub fn to_tensor(
-    input: &str,
-    shape: Vec<usize>,
-    leaves: &[&Value],
-    ty: ElementType,
-) -> Result<Tensor, Error> {
-    let data = match ty {
-        ElementType::Bool => TensorData::Bool(convert(input, ty, leaves, Value::as_bool)?),
-        ElementType::Int8 => TensorData::Int8(convert(input, ty, leaves, int)?),
-        ElementType::Int16 => TensorData::Int16(convert(input, ty, leaves, int)?),
-        ElementType::Int32 => TensorData::Int32(convert(input, ty, leaves, int)?),
-        ElementType::Int64 => TensorData::Int64(convert(input, ty, leaves, int)?),
-        ElementType::Uint8 => TensorData::Uint8(convert(input, ty, leaves, int)?),
-        ElementType::Uint16 => TensorData::Uint16(convert(input, ty, leaves, int)?),
-        ElementType::Uint32 => TensorData::Uint32(convert(input, ty, leaves, int)?),
-        ElementType::Uint64 => TensorData::Uint64(convert(input, ty, leaves, int)?),
-        ElementType::Fp16 => TensorData::Fp16(convert(input, ty, leaves, |v| {
-            float(v, half::f16::from_f64, |x| x.is_finite())
-        })?),
-        ElementType::Fp32 => TensorData::Fp32(convert(input, ty, leaves, |v| {
-            float(v, |x| x as f32, |x| x.is_finite())
-        })?),
-        ElementType::Fp64 => TensorData::Fp64(convert(input, ty, leaves, Value::as_f64)?),
-        ElementType::Bytes => TensorData::Bytes(convert(input, ty, leaves, |v| {
-            v.as_str().map(str::to_string)
-        })?),
-    };
-    Ok(Tensor::new(shape, data)?)
 }
 
 /// A tensor written as nested JSON arrays (a scalar for shape `[]`) straight
@@ -292,23 +170,6 @@ impl Serialize for OutputsJson<'_> {
     }
 }
 
-/// Builds the tensor for model input `name` from JSON leaves, in the element
-/// type the model declares. `declared` is the type the client named (Open
-/// Inference Protocol `datatype`), which must match.
-pub fn input_tensor(
-    signature: &crate::engine::Signature,
-    name: &str,
-    shape: Vec<usize>,
-    leaves: &[&Value],
-    declared: Option<ElementType>,
-) -> Result<(String, Tensor), Error> {
-    let element_type = input_type(signature, name, declared)?;
-    Ok((
-        name.to_string(),
-        to_tensor(name, shape, leaves, element_type)?,
-    ))
-}
-
 /// The element type the model declares for input `name`: an error naming the
 /// model's inputs when it has no such input, and naming both types when the
 /// client `declared` another.
@@ -320,13 +181,15 @@ pub fn input_type(
     let Some(info) = signature.inputs.iter().find(|i| i.name == name) else {
         let names: Vec<_> = signature.inputs.iter().map(describe).collect();
         return Err(invalid(format!(
-            "the model has no input {name:?}; its inputs are: {}",
+            "the model has no input {:?}; its inputs are: {}",
+            Shown(name),
             names.join(", ")
         )));
     };
     let crate::engine::ValueKind::Tensor { element_type, .. } = &info.kind else {
         return Err(invalid(format!(
-            "input {name:?} is {}, which a JSON request cannot express",
+            "input {:?} is {}, which a JSON request cannot express",
+            Shown(name),
             describe(info)
         )));
     };
@@ -334,7 +197,8 @@ pub fn input_type(
         && declared != *element_type
     {
         return Err(invalid(format!(
-            "input {name:?} has datatype {}, but the model expects {} ({})",
+            "input {:?} has datatype {}, but the model expects {} ({})",
+            Shown(name),
             declared.v2_name(),
             element_type.v2_name(),
             element_type
@@ -365,7 +229,7 @@ pub fn describe(info: &crate::engine::ValueInfo) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     /// The JSON a client reads: the text written, parsed.
     fn tensor_json(tensor: &Tensor) -> Value {
@@ -376,76 +240,12 @@ mod tests {
         serde_json::from_str(&serde_json::to_string(&OutputJson(value)).unwrap()).unwrap()
     }
 
-    fn tensor(value: Value, ty: ElementType) -> Result<Tensor, Error> {
-        let array = flatten("x", &value)?;
-        to_tensor("x", array.shape, &array.leaves, ty)
-    }
-
     #[test]
-    fn flattens_nested_arrays_row_major() {
-        let t = tensor(json!([[1, 2, 3], [4, 5, 6]]), ElementType::Int64).unwrap();
-        assert_eq!(t.shape(), [2, 3]);
-        assert_eq!(t.data(), &TensorData::Int64(vec![1, 2, 3, 4, 5, 6]));
+    fn nested_arrays_are_written_row_major() {
+        let t = Tensor::new(vec![2, 3], TensorData::Int64(vec![1, 2, 3, 4, 5, 6])).unwrap();
         assert_eq!(tensor_json(&t), json!([[1, 2, 3], [4, 5, 6]]));
-        let scalar = tensor(json!(2.5), ElementType::Fp64).unwrap();
-        assert_eq!(scalar.shape(), [] as [usize; 0]);
+        let scalar = Tensor::new(vec![], TensorData::Fp64(vec![2.5])).unwrap();
         assert_eq!(tensor_json(&scalar), json!(2.5));
-    }
-
-    #[test]
-    fn refuses_ragged_arrays() {
-        for ragged in [json!([[1, 2], [3]]), json!([[1, 2], 3]), json!([1, [2]])] {
-            let err = tensor(ragged.clone(), ElementType::Int64).unwrap_err();
-            assert_eq!(err.code(), "invalid_input", "{ragged}");
-            assert!(err.to_string().contains("ragged"), "{err}");
-        }
-    }
-
-    #[test]
-    fn refuses_out_of_range_and_fractional_values() {
-        let cases = [
-            (json!([300]), ElementType::Uint8),
-            (json!([-1]), ElementType::Uint32),
-            (json!([128]), ElementType::Int8),
-            (json!([1.5]), ElementType::Int64),
-            (json!([1e40]), ElementType::Fp32),
-            (json!([70000.0]), ElementType::Fp16),
-            (json!(["a"]), ElementType::Fp32),
-            (json!([1]), ElementType::Bool),
-            (json!([1]), ElementType::Bytes),
-        ];
-        for (value, ty) in cases {
-            let err = tensor(value.clone(), ty).unwrap_err();
-            assert_eq!(err.code(), "invalid_input");
-            let message = err.to_string();
-            assert!(
-                message.contains("\"x\"") && message.contains(expectation(ty)),
-                "{message}"
-            );
-        }
-    }
-
-    #[test]
-    fn accepts_the_extremes_of_each_type() {
-        assert!(tensor(json!([255, 0]), ElementType::Uint8).is_ok());
-        assert!(tensor(json!([u64::MAX]), ElementType::Uint64).is_ok());
-        assert!(tensor(json!([i64::MIN]), ElementType::Int64).is_ok());
-        assert!(tensor(json!([3.4e38]), ElementType::Fp32).is_ok());
-        assert!(tensor(json!([65504.0]), ElementType::Fp16).is_ok());
-        assert!(tensor(json!([true, false]), ElementType::Bool).is_ok());
-        assert!(tensor(json!(["héllo"]), ElementType::Bytes).is_ok());
-    }
-
-    #[test]
-    fn floats_that_round_to_the_largest_finite_value_are_that_value() {
-        // 3.4028235e38 (how f32::MAX prints) is above f32::MAX as a double.
-        let t = tensor(json!([3.4028235e38, -3.4028235e38]), ElementType::Fp32).unwrap();
-        assert_eq!(t.data(), &TensorData::Fp32(vec![f32::MAX, f32::MIN]));
-        let t = tensor(json!([65519.0]), ElementType::Fp16).unwrap();
-        assert_eq!(t.data(), &TensorData::Fp16(vec![half::f16::MAX]));
-        // Past the rounding boundary, the value would be infinite: refused.
-        assert!(tensor(json!([3.4028236e38]), ElementType::Fp32).is_err());
-        assert!(tensor(json!([65520.0]), ElementType::Fp16).is_err());
     }
 
     #[test]

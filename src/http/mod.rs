@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod json;
+pub mod parse;
 mod simple;
 pub(crate) mod v2;
 
@@ -43,8 +44,9 @@ pub struct RequestRecord {
     pub queue_ms: Option<f64>,
     /// The team the model's cache bytes count against, once it is loaded.
     pub team: Option<String>,
-    /// The request memory reserved for parsing its body, which a prediction
-    /// grows to cover its tensors and response (src/memory.rs).
+    /// The request memory reserved for parsing its body, grown to cover its
+    /// input tensors before they are read, and by the prediction to cover
+    /// its outputs and response (src/memory.rs).
     pub memory: Option<crate::memory::Reservation>,
 }
 
@@ -73,15 +75,20 @@ pub async fn handle(service: &ModelService, request: Request<Bytes>) -> Response
         .map(|id| id.0.clone())
         .unwrap_or_default();
     let mut record = RequestRecord::default();
-    // Parsing a body takes memory before any model is involved: reserved
-    // first, or the request is refused (src/memory.rs). Of a V2 binary body,
-    // only the JSON header is parsed.
+    // Parsing a body takes memory before any model is involved: what its
+    // census bounds is reserved first, or the request is refused
+    // (src/memory.rs, src/http/parse.rs). Of a V2 binary body, only the JSON
+    // header is parsed.
     let json_bytes = request
         .headers()
         .get("inference-header-content-length")
         .and_then(|v| v.to_str().ok()?.trim().parse::<usize>().ok())
         .map_or(request.body().len(), |n| n.min(request.body().len()));
-    let result = match service.reserve_body(json_bytes).await {
+    let census = parse::Census::of(&request.body()[..json_bytes]);
+    let result = match service
+        .reserve_body(parse::bound_before_model(&census))
+        .await
+    {
         Ok(parsing) => {
             record.memory = Some(parsing);
             route(service, &request, &mut record).await

@@ -19,19 +19,24 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode, header};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
-use self::call::{InferCall, InputData, Outputs, ParsedInput};
+use self::call::{InferCall, InputData, Outputs, Parameters, ParsedInput};
 use super::RequestRecord;
-use super::json::{FlatJson, flatten, invalid};
+use super::json::{FlatJson, invalid};
 use super::json_response;
+use super::parse::{self, List, Object, Shown};
 use crate::error::{Error, RequestError};
 use crate::identity::Caller;
 use crate::service::ModelService;
 
+/// An infer request's JSON, borrowed from the body's text: names and types
+/// in place (copied only when they had escapes), data, shapes and parameters
+/// as raw slices read later (see [`super::parse`]).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct InferRequest {
+struct InferRequest<'a> {
     #[serde(default)]
     id: Option<String>,
     /// Sent by KServe's typed client (`InferRequest.to_rest()`); must agree
@@ -40,34 +45,56 @@ struct InferRequest {
     model_name: Option<String>,
     #[serde(default)]
     model_version: Option<String>,
-    inputs: Vec<InferInput>,
-    #[serde(default)]
-    outputs: Option<Vec<RequestedOutput>>,
+    #[serde(borrow)]
+    inputs: List<Object<InferInput<'a>>>,
+    #[serde(default, borrow)]
+    outputs: Option<List<Object<RequestedOutput<'a>>>>,
     /// `null` and absent both mean none (KServe's Python client sends `null`).
-    #[serde(default)]
-    parameters: Option<Map<String, Value>>,
+    #[serde(default, borrow)]
+    parameters: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct InferInput {
-    name: String,
-    shape: Vec<i64>,
-    datatype: String,
-    #[serde(default)]
-    data: Option<Value>,
+struct InferInput<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(borrow)]
+    shape: &'a RawValue,
+    #[serde(borrow)]
+    datatype: Cow<'a, str>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
     /// `null` and absent both mean none (KServe's Python client sends `null`).
-    #[serde(default)]
-    parameters: Option<Map<String, Value>>,
+    #[serde(default, borrow)]
+    parameters: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RequestedOutput {
-    name: String,
+struct RequestedOutput<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
     /// `null` and absent both mean none (KServe's Python client sends `null`).
-    #[serde(default)]
-    parameters: Option<Map<String, Value>>,
+    #[serde(default, borrow)]
+    parameters: Option<&'a RawValue>,
+}
+
+/// The most one object of a request body costs in the lists it is read into
+/// (the census counts objects; [`parse::bound_before_model`]): an input is one entry of the list
+/// of inputs (grown as serde grows it: three entries while it doubles, with
+/// the size class), one of the parsed inputs and one of the typed inputs
+/// (exact lists); an output is an entry of the list of outputs and one of the
+/// requested names.
+pub(crate) fn object_bytes() -> u64 {
+    use std::mem::size_of;
+    let grown = |size: usize| (3 * size + 3 * size / 4) as u64;
+    let exact = |size: usize| (size + size / 4) as u64;
+    let input = grown(size_of::<Object<InferInput>>())
+        + exact(size_of::<ParsedInput>())
+        + exact(size_of::<(ParsedInput, crate::engine::ElementType)>());
+    let output = grown(size_of::<Object<RequestedOutput>>()) + exact(size_of::<(String, bool)>());
+    input.max(output)
 }
 
 /// The shape of a V2 infer request's JSON, for error messages.
@@ -221,6 +248,52 @@ fn metadata_json(metadata: &facts::ModelMetadata) -> Value {
     })
 }
 
+/// An error in the request's structure, as the protocol defines it.
+fn not_v2(why: impl std::fmt::Display) -> Error {
+    invalid(format!(
+        "the body is not an Open Inference Protocol request ({why}); expected {REQUEST_FORM}"
+    ))
+}
+
+/// Reads a request's JSON (which [`parse::validate`] accepted) and checks
+/// every part the protocol types (its parameters, its inputs' shapes)
+/// without keeping them.
+fn parse_request(header: &[u8]) -> Result<InferRequest<'_>, Error> {
+    let Object(request): Object<InferRequest> = serde_json::from_slice(header).map_err(not_v2)?;
+    let inputs = request.inputs.0.iter().map(|i| &i.0);
+    let outputs = request
+        .outputs
+        .iter()
+        .flat_map(|o| o.0.iter().map(|o| &o.0));
+    let parameters = request
+        .parameters
+        .iter()
+        .chain(inputs.clone().filter_map(|i| i.parameters.as_ref()))
+        .chain(outputs.filter_map(|o| o.parameters.as_ref()));
+    for raw in parameters {
+        Parameters::from_json(raw).map_err(not_v2)?;
+    }
+    for (i, input) in inputs.enumerate() {
+        parse::integers(input.shape, None)
+            .map_err(|e| not_v2(format!("input {i}'s \"shape\": {e}")))?;
+    }
+    Ok(request)
+}
+
+/// What reading the request's shapes allocates: each is read into a list of
+/// its length, then once more as sizes ([`call::checked_tensor`]).
+fn shapes_bound(request: &InferRequest) -> u64 {
+    request
+        .inputs
+        .0
+        .iter()
+        .map(|input| {
+            let dims = parse::integers(input.0.shape, None).unwrap_or(0) as u64;
+            2 * parse::allocation_bound(8 * dims)
+        })
+        .sum()
+}
+
 /// `POST /v2/models/{name}[/versions/{version}]/infer`.
 async fn infer(
     service: &ModelService,
@@ -232,24 +305,29 @@ async fn infer(
 ) -> Result<Response<Bytes>, Error> {
     let started = Instant::now();
     let (header, mut binary) = split_body(headers, body)?;
-    let value: Value =
-        serde_json::from_slice(header).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
-    let request: InferRequest = serde_json::from_value(value).map_err(|e| {
-        invalid(format!(
-            "the body is not an Open Inference Protocol request ({e}); expected {REQUEST_FORM}"
-        ))
-    })?;
+    parse::validate(header)?;
+    let request = parse_request(header)?;
     call::check_body_model(
         name,
         version,
         request.model_name.as_deref(),
         request.model_version.as_deref(),
     )?;
-    let deadline = call::request_deadline(request.parameters.as_ref(), started)?;
+    let parameters = request
+        .parameters
+        .map(Parameters::from_json)
+        .transpose()
+        .map_err(not_v2)?;
+    let deadline = call::request_deadline(parameters.as_ref(), started)?;
+    if let Some(memory) = &record.memory {
+        memory
+            .grow_waiting(memory.bytes() + shapes_bound(&request))
+            .await?;
+    }
     // Everything checkable without the model is checked before it is loaded.
-    let mut inputs = Vec::with_capacity(request.inputs.len());
-    for input in &request.inputs {
-        inputs.push(parse_input(input, &mut binary)?);
+    let mut inputs = Vec::with_capacity(request.inputs.0.len());
+    for input in &request.inputs.0 {
+        inputs.push(parse_input(&input.0, &mut binary)?);
     }
     if !binary.is_empty() {
         return Err(invalid(format!(
@@ -354,41 +432,52 @@ fn split_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<(&'a [u8], &'a 
     })
 }
 
-fn parse_input<'a>(input: &'a InferInput, binary: &mut &'a [u8]) -> Result<ParsedInput<'a>, Error> {
-    let name = input.name.as_str();
-    call::refuse_unsupported(&format!("input {name:?}"), input.parameters.as_ref())?;
-    let (datatype, shape, count) = call::checked_tensor(name, &input.datatype, &input.shape)?;
-    let binary_size = match input
+fn parse_input<'a>(
+    input: &'a InferInput<'a>,
+    binary: &mut &'a [u8],
+) -> Result<ParsedInput<'a>, Error> {
+    let name = input.name.as_ref();
+    let parameters = input
         .parameters
-        .as_ref()
-        .and_then(|p| p.get("binary_data_size"))
-    {
+        .map(Parameters::from_json)
+        .transpose()
+        .map_err(not_v2)?;
+    call::refuse_unsupported(&format!("input {:?}", Shown(name)), parameters.as_ref())?;
+    let mut dims = Vec::with_capacity(parse::integers(input.shape, None).map_err(not_v2)?);
+    parse::integers(input.shape, Some(&mut dims)).map_err(not_v2)?;
+    let (datatype, shape, count) = call::checked_tensor(name, &input.datatype, &dims)?;
+    drop(dims);
+    let binary_size = match parameters.as_ref().and_then(|p| p.get("binary_data_size")) {
         None => None,
         Some(size) => Some(
             size.as_u64()
                 .and_then(|s| usize::try_from(s).ok())
                 .ok_or_else(|| {
                     invalid(format!(
-                        "input {name:?} has \"binary_data_size\" {size}; expected a byte count"
+                        "input {:?} has \"binary_data_size\" {size}; expected a byte count",
+                        Shown(name)
                     ))
                 })?,
         ),
     };
-    let data = match (binary_size, &input.data) {
+    let data = match (binary_size, input.data) {
         (Some(_), Some(_)) => {
             return Err(invalid(format!(
-                "input {name:?} has both \"data\" and \"binary_data_size\"; give one"
+                "input {:?} has both \"data\" and \"binary_data_size\"; give one",
+                Shown(name)
             )));
         }
         (None, None) => {
             return Err(invalid(format!(
-                "input {name:?} has no \"data\" (nor \"binary_data_size\" for binary data)"
+                "input {:?} has no \"data\" (nor \"binary_data_size\" for binary data)",
+                Shown(name)
             )));
         }
         (Some(size), None) => {
             let Some((mine, rest)) = binary.split_at_checked(size) else {
                 return Err(invalid(format!(
-                    "input {name:?} has \"binary_data_size\" {size}, but only {} bytes of binary data remain after the JSON header{}",
+                    "input {:?} has \"binary_data_size\" {size}, but only {} bytes of binary data remain after the JSON header{}",
+                    Shown(name),
                     binary.len(),
                     if binary.is_empty() {
                         " (is the Inference-Header-Content-Length header set?)"
@@ -401,15 +490,16 @@ fn parse_input<'a>(input: &'a InferInput, binary: &mut &'a [u8]) -> Result<Parse
             InputData::Binary(Cow::Borrowed(mine))
         }
         (None, Some(data)) => {
-            let array = flatten(name, data)?;
-            if array.leaves.len() != count {
+            let scanned = parse::scan(name, data)?;
+            if scanned.count != count {
                 return Err(invalid(format!(
-                    "input {name:?} has shape {:?} ({count} elements) but {} data elements",
-                    input.shape,
-                    array.leaves.len()
+                    "input {:?} has shape {} ({count} elements) but {} data elements",
+                    Shown(name),
+                    parse::shown_raw(input.shape),
+                    scanned.count
                 )));
             }
-            InputData::Json(array.leaves)
+            InputData::Json(data, scanned)
         }
     };
     Ok(ParsedInput {
@@ -424,26 +514,31 @@ fn parse_input<'a>(input: &'a InferInput, binary: &mut &'a [u8]) -> Result<Parse
 /// Which outputs a REST request asks for, and in which form; `"outputs": []`
 /// is every output (see [`call::Outputs`]).
 fn parse_outputs(request: &InferRequest) -> Result<Outputs, Error> {
-    let binary_default = call::flag(
-        "the request",
-        request.parameters.as_ref(),
-        "binary_data_output",
-    )?
-    .unwrap_or(false);
-    let requested = match request.outputs.as_deref() {
+    let parameters = request
+        .parameters
+        .map(Parameters::from_json)
+        .transpose()
+        .map_err(not_v2)?;
+    let binary_default =
+        call::flag("the request", parameters.as_ref(), "binary_data_output")?.unwrap_or(false);
+    let requested = match request.outputs.as_ref().map(|o| o.0.as_slice()) {
         None | Some([]) => None,
-        Some(outputs) => Some(
-            outputs
-                .iter()
-                .map(|output| {
-                    let what = format!("output {:?}", output.name);
-                    call::refuse_unsupported(&what, output.parameters.as_ref())?;
-                    let binary = call::flag(&what, output.parameters.as_ref(), "binary_data")?
-                        .unwrap_or(binary_default);
-                    Ok((output.name.clone(), binary))
-                })
-                .collect::<Result<Vec<_>, Error>>()?,
-        ),
+        Some(outputs) => {
+            let mut requested = Vec::with_capacity(outputs.len());
+            for Object(output) in outputs {
+                let what = format!("output {:?}", Shown(&output.name));
+                let parameters = output
+                    .parameters
+                    .map(Parameters::from_json)
+                    .transpose()
+                    .map_err(not_v2)?;
+                call::refuse_unsupported(&what, parameters.as_ref())?;
+                let binary = call::flag(&what, parameters.as_ref(), "binary_data")?
+                    .unwrap_or(binary_default);
+                requested.push((output.name.to_string(), binary));
+            }
+            Some(requested)
+        }
     };
     Ok(Outputs {
         requested,
@@ -473,3 +568,6 @@ fn binary_response(header_json: &impl Serialize, tail: Vec<u8>) -> Response<Byte
     );
     response
 }
+
+#[cfg(test)]
+mod tests;

@@ -12,9 +12,25 @@
 use crate::engine::{ElementType, Tensor, TensorData};
 use crate::error::Error;
 use crate::http::json::invalid;
+use crate::http::parse::{Shown, ShownDims, allocation_bound};
 
 /// The header that gives the length of the JSON part of a body.
 pub(crate) const HEADER_LENGTH: &str = "inference-header-content-length";
+
+/// What [`decode`] allocates for `count` elements of `ty` from `bytes`
+/// bytes: one buffer of exactly the elements, and for BYTES each element's
+/// text (at most the bytes, plus a size class each).
+pub(crate) fn decode_bound(ty: ElementType, count: usize, bytes: usize) -> u64 {
+    match ty {
+        ElementType::Bytes => {
+            let elements = count.min(bytes / 4) as u64;
+            allocation_bound(elements * ty.size_bytes() as u64)
+                + (bytes as u64 + bytes as u64 / 4)
+                + 16 * elements
+        }
+        _ => allocation_bound(count as u64 * ty.size_bytes() as u64),
+    }
+}
 
 /// Decodes the `bytes` given for input `input` into a tensor of `ty` and `shape`.
 /// Every byte must be used: a size that does not match the shape is refused.
@@ -77,25 +93,28 @@ impl FixedWidth<'_> {
         } = *self;
         if count.checked_mul(N) != Some(bytes.len()) {
             return Err(invalid(format!(
-                "input {input:?} has {} bytes of binary data, but shape {shape:?} of {} needs {count} elements of {N} bytes",
+                "input {:?} has {} bytes of binary data, but shape {} of {} needs {count} elements of {N} bytes",
+                Shown(input),
                 bytes.len(),
+                ShownDims(shape),
                 ty.v2_name()
             )));
         }
-        bytes
-            .chunks_exact(N)
-            .enumerate()
-            .map(|(i, chunk)| {
-                let mut array = [0u8; N];
-                array.copy_from_slice(chunk);
-                element(array).ok_or_else(|| {
-                    invalid(format!(
-                        "input {input:?} element {i}: byte {chunk:?} is not a binary {}; expected 0 or 1",
-                        ty.v2_name()
-                    ))
-                })
-            })
-            .collect()
+        // Exactly `count` elements: what `decode_bound` reserved.
+        let mut out = Vec::with_capacity(count);
+        for (i, chunk) in bytes.chunks_exact(N).enumerate() {
+            let mut array = [0u8; N];
+            array.copy_from_slice(chunk);
+            let Some(value) = element(array) else {
+                return Err(invalid(format!(
+                    "input {:?} element {i}: byte {chunk:?} is not a binary {}; expected 0 or 1",
+                    Shown(input),
+                    ty.v2_name()
+                )));
+            };
+            out.push(value);
+        }
+        Ok(out)
     }
 }
 
@@ -129,8 +148,9 @@ fn strings(input: &str, shape: &[usize], count: usize, bytes: &[u8]) -> Result<V
     }
     if out.len() != count {
         return Err(invalid(format!(
-            "input {input:?} has {} BYTES elements in its binary data, but shape {shape:?} needs {count}",
-            out.len()
+            "input {input:?} has {} BYTES elements in its binary data, but shape {} needs {count}",
+            out.len(),
+            ShownDims(shape)
         )));
     }
     Ok(out)

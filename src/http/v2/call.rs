@@ -19,15 +19,17 @@
 //!   tensor data extension (REST only).
 
 use std::borrow::Cow;
+use std::fmt;
 use std::time::{Duration, Instant};
 
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
 
 use super::binary;
 use crate::engine::{ElementType, OutputValue, Tensor, TensorData, ValueKind};
 use crate::error::{Error, RequestError};
 use crate::http::RequestRecord;
-use crate::http::json::{OutputJson, input_type, invalid, to_tensor};
+use crate::http::json::{OutputJson, input_type, invalid};
+use crate::http::parse::{self, Kind, Scanned, Shown, ShownDims};
 use crate::repository::ModelKey;
 use crate::service::ModelService;
 use crate::status::InferenceTimes;
@@ -42,11 +44,132 @@ const UNSUPPORTED_PARAMETERS: [&str; 4] = [
     "classification",
 ];
 
-/// An input's data as it came: JSON leaves, bytes in the binary tensor data
-/// layout (REST binary data, gRPC `raw_input_contents`), or typed values
-/// (gRPC `contents`).
+/// Every parameter model-router reads (the module doc gives each its
+/// meaning); any other is ignored, and not kept.
+const KNOWN_PARAMETERS: [&str; 12] = [
+    "shared_memory_region",
+    "shared_memory_byte_size",
+    "shared_memory_offset",
+    "classification",
+    "binary_data_size",
+    "binary_data",
+    "binary_data_output",
+    "timeout",
+    "sequence_id",
+    "sequence_start",
+    "sequence_end",
+    "priority",
+];
+
+/// One parameter's value, as JSON gives it (gRPC's typed parameters map onto
+/// the scalars).
+#[derive(Debug, Clone)]
+pub enum Parameter<'a> {
+    Null,
+    Bool(bool),
+    Number(serde_json::Number),
+    String(Cow<'a, str>),
+    /// An array or an object: never a valid value of a parameter
+    /// model-router reads, kept only to be named in the error.
+    Other(&'a RawValue),
+}
+
+impl Parameter<'_> {
+    pub fn as_u64(&self) -> Option<u64> {
+        match self {
+            Parameter::Number(n) => n.as_u64(),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a parameter's "none": null, false, 0 or "".
+    fn is_none(&self) -> bool {
+        match self {
+            Parameter::Null | Parameter::Bool(false) => true,
+            Parameter::Number(n) => n.as_f64() == Some(0.0),
+            Parameter::String(s) => s.is_empty(),
+            _ => false,
+        }
+    }
+}
+
+/// As JSON writes it (strings and raw values cut as [`Shown`] cuts them).
+impl fmt::Display for Parameter<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Parameter::Null => f.write_str("null"),
+            Parameter::Bool(b) => write!(f, "{b}"),
+            Parameter::Number(n) => write!(f, "{n}"),
+            Parameter::String(s) => write!(f, "{}", Shown(s)),
+            Parameter::Other(raw) => write!(f, "{}", parse::shown_raw(raw)),
+        }
+    }
+}
+
+/// The parameters of a request, an input or an output that model-router
+/// reads: at most one value for each of [`KNOWN_PARAMETERS`], in place
+/// (no allocation but a string value's unescaped copy); others are not kept.
+#[derive(Debug, Default, Clone)]
+pub struct Parameters<'a> {
+    values: [Option<Parameter<'a>>; KNOWN_PARAMETERS.len()],
+}
+
+impl<'a> Parameters<'a> {
+    /// The value of `key`, if given (and `key` is one model-router reads).
+    pub fn get(&self, key: &str) -> Option<&Parameter<'a>> {
+        let index = KNOWN_PARAMETERS.iter().position(|k| *k == key)?;
+        self.values[index].as_ref()
+    }
+
+    /// Sets `key` (the last value given counts); ignores keys model-router
+    /// does not read.
+    pub fn set(&mut self, key: &str, value: Parameter<'a>) {
+        if let Some(index) = KNOWN_PARAMETERS.iter().position(|k| *k == key) {
+            self.values[index] = Some(value);
+        }
+    }
+
+    /// Reads a JSON `parameters` object; `Err` says why `raw` is not one.
+    pub fn from_json(raw: &'a RawValue) -> Result<Parameters<'a>, String> {
+        let kind = Kind::of(raw);
+        if kind != Kind::Object {
+            return Err(format!(
+                "\"parameters\" is {}; expected an object",
+                kind.article()
+            ));
+        }
+        let mut parameters = Parameters::default();
+        parse::entries(raw.get().as_bytes(), |key, value| {
+            if KNOWN_PARAMETERS.contains(&key.as_ref()) {
+                parameters.set(&key, parameter(value));
+            }
+            Ok(())
+        })
+        .map_err(|e| e.to_string())?;
+        Ok(parameters)
+    }
+}
+
+/// A raw JSON value as a [`Parameter`].
+fn parameter(raw: &RawValue) -> Parameter<'_> {
+    match Kind::of(raw) {
+        Kind::Null => Parameter::Null,
+        Kind::Bool => Parameter::Bool(raw.get() == "true"),
+        Kind::Number => serde_json::from_str(raw.get())
+            .map(Parameter::Number)
+            .unwrap_or(Parameter::Other(raw)),
+        Kind::String => parse::string(raw)
+            .map(Parameter::String)
+            .unwrap_or(Parameter::Other(raw)),
+        Kind::Array | Kind::Object => Parameter::Other(raw),
+    }
+}
+
+/// An input's data as it came: JSON (its text, and what the scan of it
+/// learned), bytes in the binary tensor data layout (REST binary data, gRPC
+/// `raw_input_contents`), or typed values (gRPC `contents`).
 pub enum InputData<'a> {
-    Json(Vec<&'a Value>),
+    Json(&'a RawValue, Scanned),
     Binary(Cow<'a, [u8]>),
     Typed(TensorData),
 }
@@ -69,41 +192,45 @@ pub fn checked_tensor(
 ) -> Result<(ElementType, Vec<usize>, usize), Error> {
     let ty = ElementType::from_v2_name(datatype).ok_or_else(|| {
         invalid(format!(
-            "input {name:?} has unknown datatype {datatype:?}; expected one of {}",
+            "input {:?} has unknown datatype {:?}; expected one of {}",
+            Shown(name),
+            Shown(datatype),
             ElementType::ALL.map(|t| t.v2_name()).join(", ")
         ))
     })?;
-    let sizes = shape
-        .iter()
-        .map(|&d| usize::try_from(d).ok())
-        .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| {
-            invalid(format!(
-                "input {name:?} has a negative dimension in shape {shape:?}"
-            ))
-        })?;
+    // Exactly the shape's length: it is reserved before it is read.
+    let mut sizes = Vec::with_capacity(shape.len());
+    for &d in shape {
+        let Ok(size) = usize::try_from(d) else {
+            return Err(invalid(format!(
+                "input {:?} has a negative dimension in shape {}",
+                Shown(name),
+                ShownDims(shape)
+            )));
+        };
+        sizes.push(size);
+    }
     let count = sizes
         .iter()
         .try_fold(1usize, |n, &d| n.checked_mul(d))
         .ok_or_else(|| {
             invalid(format!(
-                "input {name:?} has shape {shape:?}, whose element count overflows"
+                "input {:?} has shape {}, whose element count overflows",
+                Shown(name),
+                ShownDims(shape)
             ))
         })?;
     Ok((ty, sizes, count))
 }
 
 /// Refuses the parameters model-router cannot honour (see the module doc).
-pub fn refuse_unsupported(
-    what: &str,
-    parameters: Option<&Map<String, Value>>,
-) -> Result<(), Error> {
+pub fn refuse_unsupported(what: &str, parameters: Option<&Parameters<'_>>) -> Result<(), Error> {
     let Some(parameters) = parameters else {
         return Ok(());
     };
     match UNSUPPORTED_PARAMETERS
         .iter()
-        .find(|p| parameters.contains_key(**p))
+        .find(|p| parameters.get(p).is_some())
     {
         Some(parameter) => Err(RequestError::NotSupported(format!(
             "{what} uses parameter {parameter:?}, which model-router does not support (no shared memory or classification extension); send the data in the request and read the scores"
@@ -116,12 +243,12 @@ pub fn refuse_unsupported(
 /// A boolean parameter: `None` when absent.
 pub fn flag(
     what: &str,
-    parameters: Option<&Map<String, Value>>,
+    parameters: Option<&Parameters<'_>>,
     key: &str,
 ) -> Result<Option<bool>, Error> {
     match parameters.and_then(|p| p.get(key)) {
         None => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(Parameter::Bool(b)) => Ok(Some(*b)),
         Some(other) => Err(invalid(format!(
             "{what} has parameter {key:?} = {other}; expected true or false"
         ))),
@@ -131,21 +258,15 @@ pub fn flag(
 /// The request-level parameters: refuses sequences and priorities, and gives
 /// the deadline `timeout` sets (see the module doc).
 pub fn request_deadline(
-    parameters: Option<&Map<String, Value>>,
+    parameters: Option<&Parameters<'_>>,
     started: Instant,
 ) -> Result<Option<Instant>, Error> {
     refuse_unsupported("the request", parameters)?;
     let Some(parameters) = parameters else {
         return Ok(None);
     };
-    let none = |value: &Value| match value {
-        Value::Null | Value::Bool(false) => true,
-        Value::Number(n) => n.as_f64() == Some(0.0),
-        Value::String(s) => s.is_empty(),
-        _ => false,
-    };
     for key in ["sequence_id", "sequence_start", "sequence_end", "priority"] {
-        if let Some(value) = parameters.get(key).filter(|v| !none(v)) {
+        if let Some(value) = parameters.get(key).filter(|v| !v.is_none()) {
             let what = if key == "priority" {
                 "request priorities (there is one queue)"
             } else {
@@ -158,7 +279,7 @@ pub fn request_deadline(
         }
     }
     match parameters.get("timeout") {
-        None | Some(Value::Null) => Ok(None),
+        None | Some(Parameter::Null) => Ok(None),
         Some(value) => {
             let micros = value.as_u64().ok_or_else(|| {
                 invalid(format!(
@@ -235,15 +356,85 @@ pub fn check_body_model(
 ) -> Result<(), Error> {
     if let Some(body) = body_name.filter(|n| !n.is_empty() && *n != path_name) {
         return Err(invalid(format!(
-            "the body's \"model_name\" is {body:?} but the request is for model {path_name:?}; leave it out or make them agree"
+            "the body's \"model_name\" is {:?} but the request is for model {path_name:?}; leave it out or make them agree",
+            Shown(body)
         )));
     }
     if let Some(body) = body_version.filter(|v| !v.is_empty() && *v != path_version) {
         return Err(invalid(format!(
-            "the body's \"model_version\" is {body:?} but the request is for version {path_version:?}; address /v2/models/{path_name}/versions/{body}/infer to call that version"
+            "the body's \"model_version\" is {:?} but the request is for version {path_version:?}; address /v2/models/{path_name}/versions/{}/infer to call that version",
+            Shown(body),
+            parse::cut(body)
         )));
     }
     Ok(())
+}
+
+/// Each input with the element type the model of `signature` declares for
+/// it (which its declared datatype must be).
+pub(crate) fn typed<'a>(
+    inputs: Vec<ParsedInput<'a>>,
+    signature: &crate::engine::Signature,
+) -> Result<Vec<(ParsedInput<'a>, ElementType)>, Error> {
+    let mut typed = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let ty = input_type(signature, input.name, Some(input.datatype))?;
+        typed.push((input, ty));
+    }
+    Ok(typed)
+}
+
+/// Each input's tensor: JSON read straight into its element type, binary
+/// data decoded, typed contents checked; [`tensors_bound`] is what it takes.
+pub(crate) fn tensors(
+    typed: Vec<(ParsedInput<'_>, ElementType)>,
+) -> Result<Vec<(String, Tensor)>, Error> {
+    let mut tensors = Vec::with_capacity(typed.len());
+    for (input, ty) in typed {
+        let tensor = match input.data {
+            InputData::Json(raw, scanned) => Tensor::new(
+                input.shape,
+                parse::fill(input.name, raw, scanned.count, ty)?,
+            )?,
+            InputData::Binary(bytes) => {
+                binary::decode(input.name, ty, input.shape, input.count, &bytes)?
+            }
+            InputData::Typed(data) => {
+                if data.len() != input.count {
+                    return Err(invalid(format!(
+                        "input {:?} has shape {} ({} elements) but {} elements in its contents",
+                        Shown(input.name),
+                        ShownDims(&input.shape),
+                        input.count,
+                        data.len()
+                    )));
+                }
+                Tensor::new(input.shape, data)?
+            }
+        };
+        tensors.push((input.name.to_string(), tensor));
+    }
+    Ok(tensors)
+}
+
+/// What turning `inputs` (each with its model's element type) into the
+/// `(name, tensor)` list allocates: each tensor's elements (JSON:
+/// [`parse::tensor_bound`]; binary: [`binary::decode_bound`]; typed
+/// contents are already allocated), each name, and the list.
+pub(crate) fn tensors_bound(inputs: &[(ParsedInput<'_>, ElementType)]) -> u64 {
+    let list =
+        parse::allocation_bound((inputs.len() * std::mem::size_of::<(String, Tensor)>()) as u64);
+    list + inputs
+        .iter()
+        .map(|(input, ty)| {
+            let data = match &input.data {
+                InputData::Json(_, scanned) => parse::tensor_bound(*ty, scanned),
+                InputData::Binary(bytes) => binary::decode_bound(*ty, input.count, bytes.len()),
+                InputData::Typed(_) => 0,
+            };
+            data + parse::allocation_bound(input.name.len() as u64)
+        })
+        .sum::<u64>()
 }
 
 /// Gets the model, runs `call`, records the version's statistics.
@@ -289,31 +480,16 @@ pub async fn run(
                 ValueKind::Tensor { .. } => None,
             })
             .collect();
-        let tensors = inputs
-            .into_iter()
-            .map(|input| {
-                let ty = input_type(signature, input.name, Some(input.datatype))?;
-                let tensor = match input.data {
-                    InputData::Json(leaves) => to_tensor(input.name, input.shape, &leaves, ty)?,
-                    InputData::Binary(bytes) => {
-                        binary::decode(input.name, ty, input.shape, input.count, &bytes)?
-                    }
-                    InputData::Typed(data) => {
-                        if data.len() != input.count {
-                            return Err(invalid(format!(
-                                "input {:?} has shape {:?} ({} elements) but {} elements in its contents",
-                                input.name,
-                                input.shape,
-                                input.count,
-                                data.len()
-                            )));
-                        }
-                        Tensor::new(input.shape, data)?
-                    }
-                };
-                Ok((input.name.to_string(), tensor))
-            })
-            .collect::<Result<Vec<_>, Error>>()?;
+        // Each input's type, then what making their tensors allocates,
+        // reserved before any is made (a REST request's reservation; gRPC
+        // requests reserve in the prediction, once their tensors exist).
+        let typed = typed(inputs, signature)?;
+        if let Some(memory) = &record.memory {
+            memory
+                .grow_waiting(memory.bytes() + tensors_bound(&typed))
+                .await?;
+        }
+        let tensors = tensors(typed)?;
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Err(expired());
         }
