@@ -23,7 +23,8 @@
 //!   and request headroom; request reservations.
 //! - [`service`]: the one code path from "model name and version" to outputs.
 //! - [`http`]: the routes (simple predict, Open Inference Protocol, listing,
-//!   health), independent of any front door.
+//!   health), independent of any front door, and request bodies read within a
+//!   memory bound known before the parse ([`http::parse`]).
 //! - [`admin`]: warm, evict, status, and Triton's model repository actions:
 //!   reached from Lambda's non-HTTP events and from `serve`'s admin listener
 //!   ([`http::admin`]), never from the front door's routes.

@@ -431,3 +431,76 @@ fn a_triton_repository_is_refused_by_verify_and_imported_in_one_command() {
         "{stdout}"
     );
 }
+
+/// Issue 10: "Charges are not what models cost": 40 `.onnx` loads charged
+/// 33-37 MiB while resident memory grew 50-61 MiB, `.ort` 1.16-1.32x; small
+/// `.ort` models charged 6.4 KB each while the process held ~69 KB each.
+/// In a fresh server process (nothing else running), loads of many copies of
+/// a small `.ort`, of a 256 KiB `.onnx` and of its `.ort` grow its anonymous
+/// resident memory by what the cache charges them, within 10% (the issue's
+/// bar; 1.10 for the small `.ort` before the service's own per-model state
+/// was charged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn charges_match_what_the_process_gains_within_ten_percent() {
+    let mut models = vec![("warmup".to_string(), "sized_1.onnx")];
+    models.extend((0..200).map(|i| (format!("small{i}"), "mlp.ort")));
+    models.extend((0..60).map(|i| (format!("onnx{i}"), "sized_0.onnx")));
+    models.extend((0..60).map(|i| (format!("ort{i}"), "sized_0.ort")));
+    let spec: Vec<(&str, &str, &str)> = models
+        .iter()
+        .map(|(name, file)| (name.as_str(), "1", *file))
+        .collect();
+    let root = repository(&spec);
+    let served = serve_with(root.path(), 1, &[("MODEL_STAGING_BYTES", "0")]);
+    let status = || async {
+        let (code, report) = call(served.admin, "GET", "/admin/status", &Value::Null).await;
+        assert_eq!(code, 200, "{report}");
+        let rss = report["memory"]["process"]["rss_anon_bytes"]
+            .as_u64()
+            .unwrap();
+        let charged = report["bytes_used"].as_u64().unwrap();
+        (rss, charged)
+    };
+    let warm = |names: Vec<String>| async move {
+        let (code, answer) = call(
+            served.admin,
+            "POST",
+            "/admin/warm",
+            &json!({"models": names}),
+        )
+        .await;
+        assert_eq!(code, 200, "{answer}");
+        assert_eq!(answer["failed"], json!([]), "{answer}");
+    };
+    // One load first: the process's one-time costs of a first load (the
+    // blocking thread, ONNX Runtime's per-thread state) are no model's.
+    warm(vec!["warmup/1".into()]).await;
+    for (prefix, what) in [
+        ("small", "mlp.ort (4 KB)"),
+        ("onnx", "sized_0.onnx (256 KiB)"),
+        ("ort", "sized_0.ort (258 KiB)"),
+    ] {
+        let (rss_before, charged_before) = status().await;
+        let names: Vec<String> = models
+            .iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|(name, _)| format!("{name}/1"))
+            .collect();
+        let loads = names.len();
+        warm(names).await;
+        let (rss_after, charged_after) = status().await;
+        let grew = rss_after.saturating_sub(rss_before) as f64;
+        let charged = (charged_after - charged_before) as f64;
+        let ratio = grew / charged;
+        eprintln!(
+            "{loads} x {what}: charged {:.1} MiB ({:.1} KiB each), resident memory grew {:.1} MiB: {ratio:.3}",
+            charged / (1 << 20) as f64,
+            charged / loads as f64 / 1024.0,
+            grew / (1 << 20) as f64
+        );
+        assert!(
+            (0.9..=1.1).contains(&ratio),
+            "{what}: grew {grew} for {charged} charged"
+        );
+    }
+}

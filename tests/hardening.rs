@@ -364,3 +364,314 @@ async fn the_header_timeout_does_not_cut_an_idle_keep_alive_connection_short() {
         tokio::time::sleep(Duration::from_millis(800)).await;
     }
 }
+
+/// Replaces `path` with a FIFO no one writes.
+fn mkfifo(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `c` is a NUL-terminated path that outlives the call.
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
+        0,
+        "{}",
+        path.display()
+    );
+}
+
+/// Replaces `path` with a character device node of `/dev/zero`'s numbers
+/// (1, 5), where the process may make one (root); false where it may not.
+fn mknod_zero(path: &Path) -> bool {
+    let _ = std::fs::remove_file(path);
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `c` is a NUL-terminated path that outlives the call; makedev
+    // only packs two numbers.
+    unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 5)) == 0 }
+}
+
+const IRIS_ROW: &str = r#"{"features": [5.1, 3.5, 1.4, 0.2]}"#;
+
+/// Issue 10: "A model file or `aliases.json` that blocks hangs every request
+/// for that model (and `GET /models`)". tests/load_path.rs covers the model's
+/// requests; here, the listing, which reads every model's aliases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_aliases_file_never_hangs_the_listing() {
+    let root = repository(&[("mlp", "1", "mlp.onnx"), ("iris", "1", "iris_logreg.onnx")]);
+    mkfifo(&root.path().join("iris/aliases.json"));
+    let server = TestServer::start(root.path(), 1 << 30).await;
+    let answered = tokio::time::timeout(Duration::from_secs(10), async {
+        let (status, body) = server.get("/models").await;
+        assert_eq!(status, 200, "{body}");
+        let names: Vec<&str> = body["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["iris", "mlp"], "{body}");
+        let (status, body) = server
+            .request("POST", "/models/iris/1/predict", IRIS_ROW)
+            .await;
+        assert_eq!(status, 200, "{body}");
+    })
+    .await;
+    assert!(answered.is_ok(), "a request hung on a FIFO aliases.json");
+}
+
+/// Issue 10: "A model file that is `/dev/zero` is copied past its manifest's
+/// size until the disk fills." A model file that is a device node, or a
+/// symlink to `/dev/zero`, is refused before a byte is read: answered at
+/// once, nothing staged, other models unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_file_that_is_dev_zero_is_refused_before_a_byte_is_read() {
+    let root = repository(&[
+        ("linked", "1", "mlp.onnx"),
+        ("device", "1", "mlp.onnx"),
+        ("mlp", "1", "mlp.onnx"),
+    ]);
+    let linked = root.path().join("linked/1/model.onnx");
+    std::fs::remove_file(&linked).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &linked).unwrap();
+    let device = mknod_zero(&root.path().join("device/1/model.onnx"));
+    if !device {
+        eprintln!("no device node case: mknod needs root (CAP_MKNOD)");
+    }
+    let server = TestServer::start(root.path(), 1 << 30).await;
+    let answered = tokio::time::timeout(Duration::from_secs(10), async {
+        // A symlink leaving the root is never followed: that version is not
+        // there (DESIGN.md section 2).
+        let (status, body) = server
+            .request("POST", "/models/linked/1/predict", PREDICT)
+            .await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (404, Some("version_not_found")),
+            "{body}"
+        );
+        if device {
+            let (status, body) = server
+                .request("POST", "/models/device/1/predict", PREDICT)
+                .await;
+            assert_eq!(
+                (status, body["code"].as_str()),
+                (500, Some("model_load_failed")),
+                "{body}"
+            );
+            assert!(
+                body["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("not a regular file"),
+                "{body}"
+            );
+        }
+        let (status, _) = server
+            .request("POST", "/models/mlp/1/predict", PREDICT)
+            .await;
+        assert_eq!(status, 200);
+    })
+    .await;
+    assert!(answered.is_ok(), "a request read a device without end");
+    assert!(server.service.wait_for_staging(Duration::from_secs(10)));
+    let staging = server.service.staging_stats();
+    assert_eq!(staging.files, 1, "only mlp/1 is staged: {staging:?}");
+    assert_eq!(server.service.cache_status().entries.len(), 1);
+}
+
+/// `model-router verify` on `repo`, killed (and failed) after `limit`.
+fn verify_within(repo: &Path, limit: Duration) -> (Option<i32>, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_model-router"))
+        .args(["verify", "--repo"])
+        .arg(repo)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut out = String::new();
+            std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+            return (status.code(), out);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    panic!("verify did not return within {limit:?}");
+}
+
+/// Issue 10: "`verify` never returns on a FIFO or a device." It returns,
+/// naming each such version as failed, and exits 1.
+#[test]
+fn verify_returns_on_a_fifo_a_device_and_a_link_to_dev_zero() {
+    let root = repository(&[
+        ("fifo", "1", "mlp.onnx"),
+        ("linked", "1", "mlp.onnx"),
+        ("device", "1", "mlp.onnx"),
+        ("mlp", "1", "mlp.onnx"),
+    ]);
+    mkfifo(&root.path().join("fifo/1/model.onnx"));
+    let linked = root.path().join("linked/1/model.onnx");
+    std::fs::remove_file(&linked).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &linked).unwrap();
+    let device = mknod_zero(&root.path().join("device/1/model.onnx"));
+    if !device {
+        // Without root the version stays a regular file and verifies.
+        eprintln!("no device node case: mknod needs root (CAP_MKNOD)");
+    }
+    let (code, out) = verify_within(root.path(), Duration::from_secs(30));
+    eprintln!("{out}");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("MISMATCH  fifo/1") && out.contains("not a regular file"),
+        "{out}"
+    );
+    assert!(out.contains("MISMATCH  linked/1"), "{out}");
+    assert!(out.contains("ok        mlp/1"), "{out}");
+    if device {
+        assert!(out.contains("MISMATCH  device/1"), "{out}");
+        assert!(out.contains("4 versions checked, 3 failed"), "{out}");
+    }
+}
+
+/// Issue 10: "With a small staging budget, a concurrent load can delete a
+/// staged copy between its verification and its opening (`500 cannot open
+/// ...`, a few in 5,000)." Through the real server: three models, a cache
+/// that holds one and a staging tier that holds two, eight clients asking
+/// for them in a pseudo-random order, so that loads reuse staged copies
+/// while other loads stage theirs and evict: every answer is 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_staging_budget_never_loses_a_copy_a_load_is_opening() {
+    let root = repository(&[
+        ("a", "1", "sized_0.ort"),
+        ("b", "1", "sized_1.ort"),
+        ("c", "1", "sized_2.ort"),
+    ]);
+    let size = std::fs::metadata(common::fixture("sized_0.ort"))
+        .unwrap()
+        .len();
+    let staging = tempfile::tempdir().unwrap();
+    let mut config = Config::for_repository(
+        root.path().to_path_buf(),
+        staging.path().to_path_buf(),
+        // One model's charge (its mapping and a little) fits, two do not.
+        size * 3 / 2,
+    );
+    config.staging_bytes = size * 5 / 2;
+    let server = TestServer::with_config(config, staging).await;
+    let body = r#"{"features": [1, 2, 3, 4, 5, 6, 7, 8]}"#;
+    let mut clients = Vec::new();
+    for client in 0..8u32 {
+        let addr = server.addr;
+        clients.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            let mut state = 0x2545_f491_u32.wrapping_mul(client + 1);
+            for _ in 0..80 {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                let model = ["a", "b", "c"][state as usize % 3];
+                let path = format!("/models/{model}/1/predict");
+                let (status, bytes) =
+                    common::request_raw(addr, "POST", &path, body.as_bytes()).await;
+                if status != 200 {
+                    failures.push((status, String::from_utf8_lossy(&bytes).into_owned()));
+                }
+            }
+            failures
+        }));
+    }
+    let mut failures = Vec::new();
+    for client in clients {
+        failures.extend(client.await.unwrap());
+    }
+    let cache = server.service.cache_status();
+    let staged = server.service.staging_stats();
+    eprintln!(
+        "loads {}, evictions {}, staging {staged:?}",
+        cache.loads, cache.evictions
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failed, e.g. {:?}",
+        failures.len(),
+        failures.first()
+    );
+    // The cache churned through the staging tier, which churned too.
+    assert!(
+        cache.loads >= 20 && staged.reuses >= 10 && staged.evictions >= 5,
+        "{cache:?} {staged:?}"
+    );
+}
+
+/// Issue 10: "An unreadable version directory ... answers 404
+/// `model_not_found` (clients do not retry a 404) while `GET /models` says
+/// 503 at the same moment." The real binary, as a user for whom the
+/// directory is unreadable (root reads any directory): 503 from both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_version_directory_is_503_from_every_route() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid only reads the process's credentials.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root, to run the server as another user");
+        return;
+    }
+    let root = repository(&[("mlp", "1", "mlp.onnx"), ("mlp", "2", "mlp.ort")]);
+    let staging = tempfile::tempdir().unwrap();
+    for dir in [root.path(), staging.path()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let unreadable = root.path().join("mlp/2");
+    std::fs::set_permissions(&unreadable, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_model-router"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--repo"])
+        .arg(root.path())
+        .arg("--staging-dir")
+        .arg(staging.path())
+        .uid(65534)
+        .gid(65534)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let addr: Option<SocketAddr> = std::io::BufRead::lines(std::io::BufReader::new(stdout))
+        .find_map(|line| {
+            line.ok()?
+                .strip_prefix("model-router listening on http://")?
+                .parse()
+                .ok()
+        });
+    let Some(addr) = addr else {
+        let _ = child.kill();
+        panic!("the server did not start as uid 65534: {:?}", child.wait());
+    };
+    let ask = |method: &'static str, path: &'static str, body: &'static str| async move {
+        let (status, bytes) = common::request_raw(addr, method, path, body.as_bytes()).await;
+        (
+            status,
+            serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+        )
+    };
+    for (method, path, body) in [
+        ("POST", "/models/mlp/2/predict", PREDICT),
+        ("POST", "/models/mlp/latest/predict", PREDICT),
+        ("GET", "/models", ""),
+    ] {
+        let (status, answer) = ask(method, path, body).await;
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (503, Some("repository_unavailable")),
+            "{method} {path}: {answer}"
+        );
+    }
+    // Readable again: the same requests answer, nothing was poisoned.
+    std::fs::set_permissions(&unreadable, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (status, answer) = ask("POST", "/models/mlp/2/predict", PREDICT).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = ask("GET", "/models", "").await;
+    assert_eq!(status, 200, "{answer}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
