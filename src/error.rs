@@ -80,7 +80,9 @@ impl Error {
             Error::Repository(e) => match e {
                 RepositoryError::InvalidName { .. } => "invalid_name",
                 RepositoryError::ModelNotFound { .. } => "model_not_found",
-                RepositoryError::VersionNotFound { .. } => "version_not_found",
+                RepositoryError::VersionNotFound { .. } | RepositoryError::OutsideRoot { .. } => {
+                    "version_not_found"
+                }
                 RepositoryError::ChecksumMismatch { .. } => "checksum_mismatch",
                 RepositoryError::InvalidManifest { .. } => "model_load_failed",
                 RepositoryError::Unavailable { .. } => "repository_unavailable",

@@ -447,6 +447,13 @@ async fn a_model_file_that_is_dev_zero_is_refused_before_a_byte_is_read() {
             (404, Some("version_not_found")),
             "{body}"
         );
+        // And it says why, rather than "no version 1; available: 1".
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("leads outside MODEL_ROOT")),
+            "{body}"
+        );
         if device {
             let (status, body) = server
                 .request("POST", "/models/device/1/predict", PREDICT)

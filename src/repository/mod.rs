@@ -47,6 +47,12 @@ pub enum RepositoryError {
         version: String,
         available: Vec<String>,
     },
+    /// A version whose directory, manifest or model file resolves outside
+    /// the root (a symlink pointing out): treated as absent, and said so.
+    #[error(
+        "model {key} leads outside MODEL_ROOT ({path} resolves elsewhere); a symlink out of the repository is never followed, so this version is treated as absent"
+    )]
+    OutsideRoot { key: String, path: String },
     #[error(
         "model {key}: the file's sha256 is {actual}, but its manifest says {expected}; it was not loaded"
     )]
@@ -349,7 +355,14 @@ impl Repository {
             Ok(canonical)
         } else {
             tracing::warn!(path = %path.display(), "refused a path that leaves MODEL_ROOT");
-            Err(self.version_not_found(key))
+            Err(RepositoryError::OutsideRoot {
+                key: key.to_string(),
+                path: path
+                    .strip_prefix(&self.root)
+                    .unwrap_or(path)
+                    .display()
+                    .to_string(),
+            })
         }
     }
 
@@ -479,15 +492,13 @@ mod tests {
         std::os::unix::fs::symlink(outside.path().join("secret"), tmp.path().join("evil")).unwrap();
         let repo = Repository::open(tmp.path()).unwrap();
         let err = repo.read(&ModelKey::new("m", "2").unwrap()).unwrap_err();
-        assert!(
-            matches!(err, RepositoryError::VersionNotFound { .. }),
-            "{err}"
-        );
+        assert!(matches!(err, RepositoryError::OutsideRoot { .. }), "{err}");
+        assert_eq!(crate::error::Error::from(err).code(), "version_not_found");
         let err = repo.read(&ModelKey::new("evil", "1").unwrap()).unwrap_err();
         assert!(
             matches!(
                 err,
-                RepositoryError::VersionNotFound { .. } | RepositoryError::ModelNotFound { .. }
+                RepositoryError::OutsideRoot { .. } | RepositoryError::ModelNotFound { .. }
             ),
             "{err}"
         );
