@@ -152,6 +152,7 @@ def main():
     ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
     check(flag(container_args, "--addr") == f"0.0.0.0:{ports.get('http')}", "the --addr port must be the `http` containerPort")
     check(flag(container_args, "--admin-addr") == f"0.0.0.0:{ports.get('admin')}", "the --admin-addr port must be the `admin` containerPort")
+    check(flag(container_args, "--grpc-addr") == f"0.0.0.0:{ports.get('grpc')}", "the --grpc-addr port must be the `grpc` containerPort")
     mounts = {m["name"]: m for m in container.get("volumeMounts", [])}
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
     models = mounts.get("models", {})
@@ -174,10 +175,15 @@ def main():
     check(all(p.get("targetPort") != "admin" and p.get("port") != ports.get("admin") for p in front.get("spec", {}).get("ports", [])),
           "the front Service must not expose the admin port")
     check(admin.get("spec", {}).get("type") == "ClusterIP", "the admin Service must be ClusterIP only")
+    check(any(p.get("targetPort") == "grpc" and p.get("appProtocol") == "kubernetes.io/h2c"
+              for p in front.get("spec", {}).get("ports", [])),
+          "the front Service must expose the `grpc` port as h2c (gRPC without TLS)")
     check(not by_kind(objects, "Ingress"), "no Ingress in the base (the admin listener must never be exposed)")
     policy = one(objects, "NetworkPolicy", "model-router")
     admin_rules = [r for r in policy.get("spec", {}).get("ingress", []) if any(p.get("port") == "admin" for p in r.get("ports", []))]
     check(admin_rules and all(r.get("from") for r in admin_rules), "the NetworkPolicy must restrict who reaches the admin port")
+    front_ports = {p.get("port") for r in policy.get("spec", {}).get("ingress", []) if not r.get("from") for p in r.get("ports", [])}
+    check({"http", "grpc"} <= front_ports, "the NetworkPolicy must let the cluster reach the http and grpc ports")
 
     runtime = next((d for d in kserve if d["kind"] == "ClusterServingRuntime"), {})
     spec = runtime.get("spec", {})
