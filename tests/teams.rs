@@ -488,14 +488,22 @@ async fn a_malformed_policy_keeps_the_last_good_one_and_no_good_policy_refuses_e
     let allowed = event("apigw_http_iam", Who::Fraud, "fraud-model", false);
     assert_eq!(status_of(&service, &allowed).await.0, 200);
 
+    // Replaced whole (written beside it, then renamed), so that the reloader
+    // cannot read a half-written file first: that is a malformed policy too,
+    // but not the one this test is about.
+    let replacement = dir.path().join("policy.json.new");
     std::fs::write(
-        &policy_path,
+        &replacement,
         r#"{"teams": {"fraud": {"principals": ["*"], "models": ["*"], "cache_share": 7}}}"#,
     )
     .unwrap();
+    std::fs::rename(&replacement, &policy_path).unwrap();
     // The file is re-read off the request path, by a background thread.
     let waited = std::time::Instant::now();
-    while service.policy_status().last_error.is_none()
+    while !service
+        .policy_status()
+        .last_error
+        .is_some_and(|e| e.contains("cache_share"))
         && waited.elapsed() < std::time::Duration::from_secs(5)
     {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
